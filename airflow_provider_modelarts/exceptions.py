@@ -1,0 +1,88 @@
+"""The provider's error types. Each carries what ModelArts said: HTTP status, error_code, error_msg, request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowException
+
+
+class ModelArtsError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class ModelArtsConfigError(ModelArtsError, ValueError):
+    """The ``modelarts`` connection (or an argument) is missing a field or holds a malformed value.
+
+    Raised before any request is sent.
+    """
+
+
+class ModelArtsValidationError(ModelArtsError, ValueError):
+    """An argument (job id, task id, destination...) is not acceptable."""
+
+
+class ModelArtsApiError(ModelArtsError):
+    """ModelArts (or the API gateway in front of it) answered with an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_code: str | None = None,
+        error_msg: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("status", status_code),
+                ("error_code", error_code),
+                ("request_id", request_id),
+            )
+            if v is not None
+        )
+        super().__init__(f"{message} ({details})" if details else message)
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.status_code is not None and (self.status_code == 429 or self.status_code >= 500)
+
+
+class ModelArtsAuthError(ModelArtsApiError):
+    """Authentication or authorisation failed (401/403, IAM token could not be obtained)."""
+
+
+class ModelArtsNotFoundError(ModelArtsApiError):
+    """The training job (or task) does not exist."""
+
+
+class ModelArtsResponseError(ModelArtsApiError):
+    """ModelArts answered 2xx with a body that is not what the API promises (not JSON, missing field...)."""
+
+
+class ModelArtsJobFailedError(ModelArtsError):
+    """The training job ended in a failure phase."""
+
+    def __init__(self, message: str, *, training_job_id: str, phase: str, failed_tasks: list[dict[str, Any]]):
+        self.training_job_id = training_job_id
+        self.phase = phase
+        self.failed_tasks = failed_tasks
+        super().__init__(message)
+
+
+class ModelArtsLogLinkExpiredError(ModelArtsError):
+    """OBS refused a log link because it expired (403 RequestTimeTooSkewed / "Request has expired.")."""
+
+
+class ModelArtsLogTransferError(ModelArtsError):
+    """A log could not be archived completely and verified."""

@@ -22,7 +22,10 @@ def get_provider_info() -> dict:
             }
         ],
         "hooks": [
-            {"integration-name": _INTEGRATION, "python-modules": ["airflow_provider_modelarts.hooks.modelarts"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_modelarts.hooks.modelarts"],
+            }
         ],
         "operators": [
             {
@@ -31,7 +34,10 @@ def get_provider_info() -> dict:
             }
         ],
         "sensors": [
-            {"integration-name": _INTEGRATION, "python-modules": ["airflow_provider_modelarts.sensors.modelarts"]}
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_modelarts.sensors.modelarts"],
+            }
         ],
         "triggers": [
             {
@@ -52,7 +58,10 @@ def get_provider_info() -> dict:
                 "hook-name": "Huawei Cloud ModelArts",
                 "ui-field-behaviour": {
                     "hidden-fields": ["host", "schema", "port"],
-                    "relabeling": {"login": "Access Key (AK) or IAM user name", "password": "Secret Key (SK) or IAM password"},
+                    "relabeling": {
+                        "login": "Access Key (AK) or IAM user name",
+                        "password": "Secret Key (SK) or IAM password",
+                    },
                     "placeholders": {
                         "login": "HPUA... (auth_type aksk) or IAM user name (auth_type token)",
                         "password": "secret key or IAM password",

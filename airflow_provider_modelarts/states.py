@@ -41,6 +41,11 @@ class TrainingJobPhase(str, Enum):
 
 
 TERMINAL_PHASES = frozenset(
-    {TrainingJobPhase.COMPLETED, TrainingJobPhase.FAILED, TrainingJobPhase.TERMINATED, TrainingJobPhase.ABNORMAL}
+    {
+        TrainingJobPhase.COMPLETED,
+        TrainingJobPhase.FAILED,
+        TrainingJobPhase.TERMINATED,
+        TrainingJobPhase.ABNORMAL,
+    }
 )
 FAILURE_PHASES = frozenset({TrainingJobPhase.FAILED, TrainingJobPhase.TERMINATED, TrainingJobPhase.ABNORMAL})

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import airflow
 import jsonschema
 import pytest
 
-import airflow
 from airflow_provider_modelarts import __version__, get_provider_info
 
 SCHEMA = Path(airflow.__file__).parent / "provider_info.schema.json"

@@ -1,0 +1,150 @@
+"""Code samples in README.md and docs/*.md are copies of marked regions of the example DAGs.
+
+A fenced ``python`` block preceded by ``<!-- snippet: example_dags/FILE.py#NAME -->`` must equal the
+lines between ``# [START NAME]`` and ``# [END NAME]`` in that file, dedented. To refresh every snippet
+after editing an example DAG, run ``python -m tests.unit.test_docs_snippets --write``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+MARKER = re.compile(r"^<!--\s*snippet:\s*(?P<path>[^#\s]+)#(?P<name>[\w.-]+)\s*-->\s*$")
+FENCE_OPEN = re.compile(r"^```python\s*$")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    doc: Path
+    line: int  # 1-based line of the marker
+    source: str  # path relative to the repository root
+    name: str
+    fence_start: int  # 0-based index of the first code line
+    fence_end: int  # 0-based index of the closing fence
+    code: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc.relative_to(ROOT)}:{self.line}:{self.name}"
+
+
+def find_snippets(doc: Path) -> list[Snippet]:
+    """Every marked block of one Markdown file; a marker not followed by a python fence is an error."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    found: list[Snippet] = []
+    for i, line in enumerate(lines):
+        match = MARKER.match(line.strip())
+        if not match:
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j >= len(lines) or not FENCE_OPEN.match(lines[j].strip()):
+            raise AssertionError(f"{doc.name}:{i + 1}: snippet marker is not followed by a ```python block")
+        end = j + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        if end >= len(lines):
+            raise AssertionError(f"{doc.name}:{j + 1}: unterminated code block")
+        code = "\n".join(lines[j + 1 : end])
+        found.append(Snippet(doc, i + 1, match["path"], match["name"], j + 1, end, code))
+    return found
+
+
+def region(source: Path, name: str) -> str:
+    """The dedented lines strictly between ``# [START name]`` and ``# [END name]``."""
+    lines = source.read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == f"# [START {name}]"]
+    ends = [i for i, line in enumerate(lines) if line.strip() == f"# [END {name}]"]
+    if len(starts) != 1 or len(ends) != 1:
+        raise AssertionError(
+            f"{source.name}: expected exactly one '# [START {name}]' and one '# [END {name}]', "
+            f"found {len(starts)} and {len(ends)}"
+        )
+    if ends[0] <= starts[0]:
+        raise AssertionError(f"{source.name}: '# [END {name}]' comes before its START")
+    return textwrap.dedent("\n".join(lines[starts[0] + 1 : ends[0]])).strip("\n")
+
+
+def all_snippets() -> list[Snippet]:
+    return [snippet for doc in DOC_FILES for snippet in find_snippets(doc)]
+
+
+SNIPPETS = all_snippets()
+
+
+def test_docs_exist():
+    assert (ROOT / "README.md").is_file()
+    assert len(DOC_FILES) > 1, "docs/*.md missing"
+
+
+def test_docs_have_snippets_from_example_dags():
+    assert SNIPPETS, "no '<!-- snippet: ... -->' blocks found in README.md or docs/*.md"
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda s: s.id)
+def test_snippet_matches_example_dag(snippet: Snippet):
+    source = ROOT / snippet.source
+    assert source.is_file(), f"{snippet.id}: {snippet.source} does not exist"
+    expected = region(source, snippet.name)
+    assert expected, f"{snippet.source}#{snippet.name} is empty"
+    assert snippet.code.strip("\n") == expected, (
+        f"{snippet.id} differs from {snippet.source}#{snippet.name}; "
+        "run `python -m tests.unit.test_docs_snippets --write`"
+    )
+
+
+def test_region_extraction_dedents_and_rejects_duplicates(tmp_path):
+    dag = tmp_path / "dag.py"
+    dag.write_text(
+        "with x:\n    # [START a]\n    foo()\n\n    bar()\n    # [END a]\n# [START b]\n# [START b]\n"
+    )
+    assert region(dag, "a") == "foo()\n\nbar()"
+    with pytest.raises(AssertionError, match="exactly one"):
+        region(dag, "b")
+    with pytest.raises(AssertionError, match="exactly one"):
+        region(dag, "missing")
+
+
+def test_marker_without_code_block_is_an_error(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("<!-- snippet: example_dags/a.py#x -->\n\nsome prose\n")
+    with pytest.raises(AssertionError, match="not followed"):
+        find_snippets(doc)
+    doc.write_text("<!-- snippet: example_dags/a.py#x -->\n```python\nfoo()\n```\n")
+    (snippet,) = find_snippets(doc)
+    assert (snippet.source, snippet.name, snippet.code) == ("example_dags/a.py", "x", "foo()")
+
+
+def write_all() -> int:
+    """Rewrite every marked block from its region; returns how many blocks changed."""
+    changed = 0
+    for doc in DOC_FILES:
+        snippets = find_snippets(doc)
+        if not snippets:
+            continue
+        lines = doc.read_text(encoding="utf-8").splitlines()
+        for snippet in reversed(snippets):
+            new = region(ROOT / snippet.source, snippet.name).splitlines()
+            if lines[snippet.fence_start : snippet.fence_end] != new:
+                lines[snippet.fence_start : snippet.fence_end] = new
+                changed += 1
+        doc.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv[1:]:
+        print(f"updated {write_all()} snippet(s)")
+    else:
+        bad = [s.id for s in SNIPPETS if s.code.strip("\n") != region(ROOT / s.source, s.name)]
+        print("\n".join(bad) or "all snippets up to date")
+        sys.exit(1 if bad else 0)

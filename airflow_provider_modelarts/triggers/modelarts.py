@@ -1,0 +1,253 @@
+"""Trigger that waits, in the triggerer, for a ModelArts training job to reach a terminal phase."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_modelarts.exceptions import (
+    ModelArtsApiError,
+    ModelArtsAuthError,
+    ModelArtsError,
+    ModelArtsNotFoundError,
+    ModelArtsResponseError,
+)
+from airflow_provider_modelarts.states import TrainingJobPhase
+
+if TYPE_CHECKING:
+    from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
+
+DEFAULT_SUCCESS_PHASES: tuple[str, ...] = (TrainingJobPhase.COMPLETED.value,)
+DEFAULT_FAILURE_PHASES: tuple[str, ...] = (
+    TrainingJobPhase.FAILED.value,
+    TrainingJobPhase.ABNORMAL.value,
+    TrainingJobPhase.TERMINATED.value,
+)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What one look at a training job means for a waiter.
+
+    :param state: ``"success"``, ``"failed"`` or ``"running"``.
+    :param phase: the job's ``status.phase`` as ModelArts reported it.
+    :param message: a sentence for logs and events.
+    """
+
+    state: str
+    phase: str
+    message: str
+
+    @property
+    def is_done(self) -> bool:
+        return self.state != "running"
+
+
+def evaluate_training_job(
+    job: dict[str, Any],
+    *,
+    training_job_id: str,
+    success_phases: Iterable[str],
+    failure_phases: Iterable[str],
+) -> JobOutcome:
+    """Classify a training-job body; the single status check shared by the sensor and the trigger.
+
+    :param job: the body of ``GET /v2/{project_id}/training-jobs/{id}``.
+    :param training_job_id: the job id, for messages.
+    :param success_phases: phases that end the wait successfully.
+    :param failure_phases: phases that end the wait with a failure.
+    :raises ModelArtsResponseError: the phase is missing or unknown, or it is terminal but listed in
+        neither ``success_phases`` nor ``failure_phases`` (waiting longer could never end).
+    """
+    status = job.get("status") if isinstance(job, dict) else None
+    raw_phase = status.get("phase") if isinstance(status, dict) else None
+    if raw_phase is None:
+        raise ModelArtsResponseError(f"Training job {training_job_id}: the response has no status.phase")
+    phase = TrainingJobPhase.parse(raw_phase, training_job_id=training_job_id)
+    success = {str(p) for p in success_phases}
+    failure = {str(p) for p in failure_phases}
+    if phase.value in success:
+        return JobOutcome(
+            "success", phase.value, f"Training job {training_job_id} reached phase {phase.value}"
+        )
+    if phase.value in failure:
+        return JobOutcome(
+            "failed", phase.value, f"Training job {training_job_id} ended in phase {phase.value}"
+        )
+    if phase.is_terminal:
+        raise ModelArtsResponseError(
+            f"Training job {training_job_id} ended in phase {phase.value}, which is in neither "
+            f"success_phases {sorted(success)} nor failure_phases {sorted(failure)}"
+        )
+    return JobOutcome("running", phase.value, f"Training job {training_job_id} is {phase.value}")
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether a failed status poll is worth repeating (throttling, 5xx, network), not a final answer."""
+    if isinstance(error, (ModelArtsAuthError, ModelArtsNotFoundError, ModelArtsResponseError)):
+        return False
+    if isinstance(error, ModelArtsApiError):
+        # No status means the request never got an HTTP answer (connection reset, timeout...).
+        return error.is_retryable or error.status_code is None
+    if isinstance(error, ModelArtsError):
+        return False
+    if isinstance(error, (OSError, asyncio.TimeoutError)):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx ships with Airflow
+        return False
+    return isinstance(error, httpx.TransportError)
+
+
+class _SharedHooks:
+    """One ``ModelArtsAsyncHook`` (so one httpx client) per event loop and connection id.
+
+    Hundreds of triggers watching jobs in one triggerer share a connection pool instead of each
+    opening its own; the last trigger to leave closes the client.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: dict[tuple[int, str], list[Any]] = {}
+
+    def acquire(self, conn_id: str, factory: Any) -> ModelArtsAsyncHook:
+        key = (id(asyncio.get_running_loop()), conn_id)
+        entry = self._hooks.get(key)
+        if entry is None:
+            entry = self._hooks[key] = [factory(conn_id), 0]
+        entry[1] += 1
+        return entry[0]
+
+    async def release(self, conn_id: str) -> None:
+        key = (id(asyncio.get_running_loop()), conn_id)
+        entry = self._hooks.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._hooks[key]
+            await entry[0].close()
+
+    def __len__(self) -> int:
+        return len(self._hooks)
+
+
+shared_hooks = _SharedHooks()
+
+
+def _default_hook_factory(conn_id: str) -> ModelArtsAsyncHook:
+    from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
+
+    # One attempt per poll: the trigger's own loop is the retry loop, so a throttled or failing
+    # API costs one request per poll_interval instead of a burst of backed-off retries.
+    return ModelArtsAsyncHook(conn_id, max_retries=0)
+
+
+class ModelArtsTrainingJobTrigger(BaseTrigger):
+    """Poll a ModelArts training job until it reaches a success or failure phase.
+
+    Yields exactly one event, ``{"status", "training_job_id", "phase", "message"}``, where status is
+    ``success`` (a success phase), ``failed`` (a failure phase), ``timeout`` (``end_time`` passed) or
+    ``error`` (a non-retryable API error such as 401/404, or a phase that can never end the wait).
+    Throttling (429), 5xx and network errors are logged and polling continues.
+
+    :param training_job_id: the training job to watch.
+    :param modelarts_conn_id: the ``modelarts`` connection.
+    :param poll_interval: seconds between status checks.
+    :param end_time: epoch seconds after which a ``timeout`` event is sent; ``None`` waits forever.
+    :param success_phases: phases that end the wait with ``success``.
+    :param failure_phases: phases that end the wait with ``failed``.
+    """
+
+    hook_factory = staticmethod(_default_hook_factory)
+
+    def __init__(  # noqa: PLR0917 - the positional signature is a published contract
+        self,
+        training_job_id: str,
+        modelarts_conn_id: str = "modelarts_default",
+        poll_interval: float = 30,
+        end_time: float | None = None,
+        success_phases: list[str] | None = None,
+        failure_phases: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.training_job_id = training_job_id
+        self.modelarts_conn_id = modelarts_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = float(end_time) if end_time is not None else None
+        self.success_phases = list(DEFAULT_SUCCESS_PHASES if success_phases is None else success_phases)
+        self.failure_phases = list(DEFAULT_FAILURE_PHASES if failure_phases is None else failure_phases)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "airflow_provider_modelarts.triggers.modelarts.ModelArtsTrainingJobTrigger",
+            {
+                "training_job_id": self.training_job_id,
+                "modelarts_conn_id": self.modelarts_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "success_phases": list(self.success_phases),
+                "failure_phases": list(self.failure_phases),
+            },
+        )
+
+    def _event(self, status: str, phase: str | None, message: str) -> TriggerEvent:
+        return TriggerEvent(
+            {"status": status, "training_job_id": self.training_job_id, "phase": phase, "message": message}
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            hook = shared_hooks.acquire(self.modelarts_conn_id, self.hook_factory)
+        except Exception as e:
+            yield self._event("error", None, f"Cannot watch training job {self.training_job_id}: {e}")
+            return
+        try:
+            yield await self._wait(hook)
+        finally:
+            await shared_hooks.release(self.modelarts_conn_id)
+
+    async def _wait(self, hook: ModelArtsAsyncHook) -> TriggerEvent:
+        phase: str | None = None
+        transient_errors = 0
+        while True:
+            if self.end_time is not None and time.time() >= self.end_time:
+                return self._event(
+                    "timeout",
+                    phase,
+                    f"Timed out waiting for training job {self.training_job_id} (last phase: {phase})",
+                )
+            try:
+                job = await hook.get_training_job(self.training_job_id)
+                outcome = evaluate_training_job(
+                    job,
+                    training_job_id=self.training_job_id,
+                    success_phases=self.success_phases,
+                    failure_phases=self.failure_phases,
+                )
+            except Exception as e:
+                if not is_transient_error(e):
+                    return self._event(
+                        "error", phase, f"Error watching training job {self.training_job_id}: {e}"
+                    )
+                transient_errors += 1
+                self.log.warning(
+                    "Transient error #%d polling training job %s, will poll again: %s",
+                    transient_errors,
+                    self.training_job_id,
+                    e,
+                )
+            else:
+                phase = outcome.phase
+                if outcome.is_done:
+                    return self._event(outcome.state, outcome.phase, outcome.message)
+                self.log.debug("%s", outcome.message)
+            delay = self.poll_interval
+            if self.end_time is not None:
+                delay = max(0.0, min(delay, self.end_time - time.time()))
+            await asyncio.sleep(delay)

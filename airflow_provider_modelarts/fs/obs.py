@@ -1,0 +1,91 @@
+"""``obs://`` for Airflow's ``ObjectStoragePath``: Huawei Cloud OBS through its S3-compatible API (s3fs).
+
+Credentials come from an Airflow connection (default ``modelarts_default``): the ``modelarts`` connection's
+AK (login), SK (password) and optional ``security_token`` extra, or any connection laid out the same way.
+The endpoint is ``https://obs.{region}.myhuaweicloud.com``; the extra ``obs_endpoint`` overrides it (for
+other clouds, private endpoints, or tests). ``obs_config_kwargs`` (a dict) is passed to botocore's config.
+
+Needs the optional extra ``airflow-provider-modelarts[obs]`` (s3fs).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from airflow_provider_modelarts.exceptions import ModelArtsConfigError
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+schemes = ["obs"]
+
+DEFAULT_CONN_ID = "modelarts_default"
+OBS_ENDPOINT_TEMPLATE = "https://obs.{region}.myhuaweicloud.com"
+
+
+def _extra(conn: Any) -> dict[str, Any]:
+    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+    return dict(extra or {})
+
+
+def obs_endpoint(extra: dict[str, Any]) -> str:
+    """Return the OBS endpoint for a connection's extras.
+
+    :param extra: the connection's extra fields.
+    :raises ModelArtsConfigError: neither ``obs_endpoint`` nor ``region`` is set.
+    """
+    if extra.get("obs_endpoint"):
+        return str(extra["obs_endpoint"]).rstrip("/")
+    region = extra.get("region")
+    if not region:
+        raise ModelArtsConfigError(
+            "obs:// needs the OBS region: set 'region' (e.g. cn-north-4) or 'obs_endpoint' in the connection extra"
+        )
+    return OBS_ENDPOINT_TEMPLATE.format(region=region)
+
+
+def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -> AbstractFileSystem:
+    """Build the filesystem Airflow uses for ``obs://`` paths.
+
+    :param conn_id: Airflow connection holding the AK/SK (``modelarts_default`` when ``None``).
+    :param storage_options: extra keyword arguments for ``s3fs.S3FileSystem``.
+    """
+    try:
+        from s3fs import S3FileSystem
+    except ImportError as e:
+        raise ImportError(
+            "obs:// paths need s3fs, which is not installed. "
+            "Install it with: pip install 'airflow-provider-modelarts[obs]'"
+        ) from e
+
+    from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+
+    conn = BaseHook.get_connection(conn_id or DEFAULT_CONN_ID)
+    extra = _extra(conn)
+    key, secret = conn.login, conn.password
+    if not key or not secret:
+        raise ModelArtsConfigError(
+            f"obs:// needs an access key and secret key: connection {conn.conn_id!r} has no login/password "
+            "(token-authenticated connections cannot sign OBS requests; use a dedicated AK/SK connection)"
+        )
+    token = extra.get("security_token") or None
+    for value in (secret, token):
+        if value:
+            mask_secret(value)
+            mask_secret(quote(value, safe=""))
+
+    region = extra.get("region")
+    client_kwargs: dict[str, Any] = {}
+    if region:
+        client_kwargs["region_name"] = region
+    options: dict[str, Any] = {
+        "key": key,
+        "secret": secret,
+        "token": token,
+        "endpoint_url": obs_endpoint(extra),
+        "client_kwargs": client_kwargs,
+        "config_kwargs": dict(extra.get("obs_config_kwargs") or {}),
+    }
+    options.update(storage_options or {})
+    return S3FileSystem(**options)

@@ -1,0 +1,789 @@
+"""Streaming, resumable, verified copy of ModelArts training-job task logs into any ``ObjectStoragePath``.
+
+The engine knows nothing about Airflow operators: it takes something that can hand out log links and open
+them (the :class:`~airflow_provider_modelarts.hooks.modelarts.ModelArtsHook` contract, see
+:class:`LogSource`) and a destination path, so it can be tested with a fake source and a local directory.
+
+Default layout under the destination::
+
+    {destination}/{training_job_id}/{task_id}.log       (".log.gz" with compression="gzip")
+    {destination}/{training_job_id}/manifest.json
+
+Both templates can be overridden (:class:`ArchiveLayout`); they may use ``{training_job_id}``,
+``{task_id}`` and ``{job_name}``.
+
+Guarantees:
+
+* constant memory: the log is read in chunks and hashed/compressed/written as it arrives;
+* resume, not restart: an expired link or a dropped connection gets a fresh link from ModelArts and the
+  download continues with ``Range: bytes=<offset>-``; a server that ignores Range restarts the file cleanly;
+* verified: bytes received are checked against ``Content-Length``/``Content-Range`` and sha256 is recorded;
+* atomic: data is staged (temporary sibling name, or an uncommitted multipart upload on S3/OBS) and only
+  made visible at the final path after verification; the manifest is written last, the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import re
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from string import Formatter
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3
+
+from airflow_provider_modelarts.exceptions import (
+    ModelArtsApiError,
+    ModelArtsLogLinkExpiredError,
+    ModelArtsLogTransferError,
+    ModelArtsValidationError,
+)
+from airflow_provider_modelarts.states import TrainingJobPhase
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_PROGRESS_INTERVAL = 5.0
+MANIFEST_VERSION = 1
+COMPRESSIONS = (None, "gzip")
+
+# A connection that breaks while the body is read surfaces as one of these (requests wraps most urllib3
+# errors, but reads through ``raw`` and some edge cases raise urllib3's or the socket's own).
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    requests.RequestException,
+    urllib3.exceptions.HTTPError,
+    ConnectionError,
+    TimeoutError,
+)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class LogSource(Protocol):
+    """What the engine needs from the hook (a subset of ``ModelArtsHook``)."""
+
+    def get_task_log_url(self, training_job_id: str, task_id: str, download: bool = False) -> str: ...
+
+    def open_log_stream(
+        self, url: str, *, offset: int = 0, timeout: float | None = None
+    ) -> requests.Response: ...
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without its query string and fragment (where a pre-signed link keeps its signature)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _utcnow_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------------------
+# Staged (atomic) writes
+# --------------------------------------------------------------------------------------------------------
+
+
+def _is_local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _is_s3(fs: Any) -> bool:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:
+        return False
+    return isinstance(fs, S3FileSystem)
+
+
+class StagedObject:
+    """A write that becomes visible at its final path only on :meth:`commit`.
+
+    * S3-compatible stores (``s3://``, ``obs://``): an uncommitted multipart upload (fsspec
+      ``autocommit=False``); :meth:`commit` completes it, :meth:`discard` aborts it.
+    * Everything else (local disk included): a hidden temporary sibling, moved over the final name on
+      :meth:`commit` (an atomic ``rename`` on a local filesystem) and deleted on :meth:`discard`.
+
+    :param target: final location.
+    """
+
+    def __init__(self, target: ObjectStoragePath) -> None:
+        self.target = target
+        self._fs = target.fs
+        self._final = target.path
+        self._tmp: str | None = None
+        self._done = False
+        parent, name = posixpath.split(self._final)
+        if _is_s3(self._fs):
+            self._fh = self._fs.open(self._final, "wb", autocommit=False)
+        else:
+            if _is_local(self._fs):
+                self._fs.makedirs(parent, exist_ok=True)
+            self._tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.partial")
+            self._fh = self._fs.open(self._tmp, "wb")
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        self._fh.write(data)
+
+    def commit(self) -> None:
+        """Make the object visible at its final path."""
+        if self._tmp is None:
+            self._fh.close()
+            self._fh.commit()
+        else:
+            self._fh.close()
+            self._fs.mv(self._tmp, self._final)
+        self._done = True
+
+    def discard(self) -> None:
+        """Throw the staged data away; nothing appears at the final path. Never raises."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            if self._tmp is None:
+                self._fh.discard()
+            else:
+                self._fh.close()
+                self._fs.rm(self._tmp)
+        except Exception:
+            log.warning("Could not clean up the staged copy of %s", self.target, exc_info=True)
+
+
+def write_bytes_atomically(target: ObjectStoragePath, data: bytes) -> None:
+    """Write ``data`` to ``target`` through a :class:`StagedObject`."""
+    staged = StagedObject(target)
+    try:
+        staged.write(data)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+
+
+# --------------------------------------------------------------------------------------------------------
+# One task log
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskArchive:
+    """Outcome of archiving one task's log (one manifest entry)."""
+
+    task_id: str
+    uri: str
+    size: int
+    sha256: str
+    phase: str
+    archived_at: str
+    complete: bool
+    compression: str | None = None
+    stored_size: int | None = None
+    stored_sha256: str | None = None
+    content_length: int | None = None
+    attempts: int = 1
+    restarts: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+
+    def manifest_entry(self) -> dict[str, Any]:
+        entry = asdict(self)
+        entry.pop("skipped")
+        return entry
+
+    def summary(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "uri": self.uri, "size": self.size, "sha256": self.sha256}
+
+
+class _Encoder:
+    """Hashes the original bytes, optionally gzips them, hashes and counts what is stored."""
+
+    def __init__(self, compression: str | None) -> None:
+        self.compression = compression
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.stored_sha256 = hashlib.sha256()
+        self.stored_size = 0
+        # wbits=31: gzip container; zlib writes mtime 0, so the output is reproducible.
+        self._z = zlib.compressobj(6, zlib.DEFLATED, 31) if compression == "gzip" else None
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        out = self._z.compress(chunk) if self._z is not None else chunk
+        if out and self._z is not None:
+            self.stored_sha256.update(out)
+            self.stored_size += len(out)
+        return out
+
+    def finish(self) -> bytes:
+        if self._z is None:
+            return b""
+        out = self._z.flush()
+        self.stored_sha256.update(out)
+        self.stored_size += len(out)
+        return out
+
+
+class _Progress:
+    def __init__(self, label: str, interval: float, clock: Callable[[], float]) -> None:
+        self.label = label
+        self.interval = interval
+        self.clock = clock
+        self.start = clock()
+        self._next = self.start + interval
+
+    def tick(self, done: int, total: int | None) -> None:
+        now = self.clock()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        if total:
+            eta = f"{(total - done) / rate:.0f}s" if rate > 0 else "?"
+            log.info(
+                "%s: %s of %s (%.1f%%), %.1f MB/s, ETA %s",
+                self.label,
+                _fmt_bytes(done),
+                _fmt_bytes(total),
+                100.0 * done / total,
+                rate / 1e6,
+                eta,
+            )
+        else:
+            log.info("%s: %s, %.1f MB/s", self.label, _fmt_bytes(done), rate / 1e6)
+
+
+def _int_header(resp: requests.Response, name: str) -> int | None:
+    value = resp.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ModelArtsLogTransferError(f"Malformed {name} header {value!r}") from None
+
+
+def archive_task_log(
+    source: LogSource,
+    training_job_id: str,
+    task_id: str,
+    target: ObjectStoragePath,
+    *,
+    phase: str,
+    complete: bool = True,
+    compression: str | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    clock: Callable[[], float] = time.monotonic,
+) -> TaskArchive:
+    """Copy one task's log to ``target``, resuming on expired links and dropped connections.
+
+    :param source: the hook (or anything implementing :class:`LogSource`).
+    :param training_job_id: ModelArts training job id.
+    :param task_id: task name from ``status.tasks`` (e.g. ``worker-0``).
+    :param target: final object path; nothing appears there unless the copy is complete and verified.
+    :param phase: the job's phase, recorded in the result.
+    :param complete: whether the job was terminal (its log final) when the copy started.
+    :param compression: ``None`` or ``"gzip"``.
+    :param chunk_size: bytes per read.
+    :param max_attempts: how many interruptions (expired link, dropped connection, short read, restart)
+        are tolerated before giving up.
+    :param progress_interval: seconds between progress lines.
+    :param clock: monotonic clock (tests).
+    :raises ModelArtsLogTransferError: the log could not be copied completely and verified.
+    """
+    if compression not in COMPRESSIONS:
+        raise ModelArtsValidationError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    label = f"{training_job_id}/{task_id}"
+    started = clock()
+    progress = _Progress(label, progress_interval, clock)
+    enc = _Encoder(compression)
+    staged: StagedObject | None = None
+    url: str | None = None
+    offset = 0
+    total: int | None = None
+    content_length: int | None = None
+    connections = 0
+    interruptions = 0
+    restarts = 0
+    must_restart = False
+
+    def interrupted(reason: str, *, fresh_link: bool = True) -> None:
+        nonlocal interruptions, url
+        interruptions += 1
+        where = redact_url(url) if url else "<no link>"
+        if interruptions > max_attempts:
+            raise ModelArtsLogTransferError(
+                f"Giving up on the log of {label} after {interruptions} interruptions "
+                f"({offset} bytes received); last: {reason} ({where})"
+            )
+        log.warning(
+            "%s: %s at byte %d (%s); attempt %d of %d%s",
+            label,
+            reason,
+            offset,
+            where,
+            interruptions,
+            max_attempts,
+            ", asking ModelArts for a fresh link" if fresh_link else "",
+        )
+        if fresh_link:
+            url = None
+
+    def restart(reason: str) -> None:
+        nonlocal staged, enc, offset, restarts, must_restart
+        restarts += 1
+        log.warning("%s: %s; restarting this file from byte 0", label, reason)
+        if staged is not None:
+            staged.discard()
+            staged = None
+        enc = _Encoder(compression)
+        offset = 0
+        must_restart = False
+
+    try:
+        while True:
+            if must_restart and offset > 0:
+                restart("the previous response was content-encoded, so it cannot be resumed by range")
+            if url is None:
+                url = source.get_task_log_url(training_job_id, task_id, download=True)
+            connections += 1
+            try:
+                resp = source.open_log_stream(url, offset=offset)
+            except ModelArtsLogLinkExpiredError:
+                interrupted("the download link expired")
+                continue
+            except ModelArtsApiError as e:
+                if e.status_code == 416 and offset > 0 and total is None:
+                    break  # the length was unknown and everything has been read already
+                raise
+            except _STREAM_ERRORS as e:
+                interrupted(f"could not connect: {type(e).__name__}")
+                continue
+            try:
+                status = resp.status_code
+                encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in (
+                    "",
+                    "identity",
+                )
+                length = None if encoded else _int_header(resp, "Content-Length")
+                if status == 206:
+                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if not m:
+                        raise ModelArtsLogTransferError(
+                            f"{label}: 206 response without a valid Content-Range "
+                            f"({resp.headers.get('Content-Range')!r})"
+                        )
+                    start, end = int(m.group(1)), int(m.group(2))
+                    new_total = None if m.group(3) == "*" else int(m.group(3))
+                    if start != offset:
+                        interrupted(f"the server resumed at byte {start}, not {offset}", fresh_link=False)
+                        restart("Content-Range does not continue where the copy stopped")
+                        continue
+                    if length is not None and length != end - start + 1:
+                        raise ModelArtsLogTransferError(
+                            f"{label}: Content-Length {length} disagrees with Content-Range "
+                            f"{resp.headers.get('Content-Range')!r}"
+                        )
+                    if total is not None and new_total is not None and new_total != total:
+                        if complete:
+                            interrupted(f"the log size changed from {total} to {new_total}")
+                            restart("the source object changed between requests")
+                            total = None
+                            continue
+                        log.info(
+                            "%s: the running job's log grew from %d to %d bytes", label, total, new_total
+                        )
+                    total = new_total
+                elif status == 200:
+                    if offset > 0:
+                        restart(f"the server ignored the Range request (200 instead of 206 at byte {offset})")
+                    total = length
+                else:
+                    raise ModelArtsLogTransferError(
+                        f"{label}: unexpected HTTP {status} from {redact_url(url)}"
+                    )
+                if total is not None:
+                    content_length = total
+                if encoded:
+                    must_restart = True
+                if staged is None:
+                    staged = StagedObject(target)
+                received = 0
+                chunks: Iterator[bytes] = iter(resp.iter_content(chunk_size))
+                broken: str | None = None
+                while True:
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration:
+                        break
+                    except _STREAM_ERRORS as e:
+                        broken = f"the connection dropped ({type(e).__name__})"
+                        break
+                    if not chunk:
+                        continue
+                    out = enc.feed(chunk)
+                    if out:
+                        staged.write(out)
+                    received += len(chunk)
+                    offset += len(chunk)
+                    progress.tick(offset, total)
+            finally:
+                resp.close()
+            if length is not None and received > length:
+                raise ModelArtsLogTransferError(
+                    f"{label}: received {received} bytes but Content-Length said {length}"
+                )
+            if broken is None and length is not None and received < length:
+                broken = f"short read: {received} of {length} bytes"
+            if broken is not None:
+                interrupted(broken)
+                continue
+            if total is not None and offset != total:
+                raise ModelArtsLogTransferError(
+                    f"{label}: received {offset} bytes in total but the source reported {total}"
+                )
+            break
+        if staged is None:  # only reachable through the 416 path, which needs an earlier response
+            raise ModelArtsLogTransferError(f"{label}: no data received")  # pragma: no cover
+        tail = enc.finish()
+        if tail:
+            staged.write(tail)
+        staged.commit()
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
+    seconds = clock() - started
+    sha = enc.sha256.hexdigest()
+    result = TaskArchive(
+        task_id=task_id,
+        uri=str(target),
+        size=enc.size,
+        sha256=sha,
+        phase=phase,
+        archived_at=_utcnow_iso(),
+        complete=complete,
+        compression=compression,
+        stored_size=enc.stored_size if compression else enc.size,
+        stored_sha256=enc.stored_sha256.hexdigest() if compression else sha,
+        content_length=content_length,
+        attempts=connections,
+        restarts=restarts,
+        seconds=round(seconds, 3),
+    )
+    log.info(
+        "%s: archived %s to %s in %.1fs (%.1f MB/s), sha256 %s, %d connection(s), %d restart(s)%s",
+        label,
+        _fmt_bytes(result.size),
+        redact_url(result.uri),
+        seconds,
+        result.size / max(seconds, 1e-9) / 1e6,
+        sha,
+        connections,
+        restarts,
+        f", stored {_fmt_bytes(result.stored_size or 0)} gzip" if compression else "",
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+# A whole training job
+# --------------------------------------------------------------------------------------------------------
+
+_TEMPLATE_KEYS = frozenset({"training_job_id", "task_id", "job_name"})
+
+
+@dataclass(frozen=True)
+class ArchiveLayout:
+    """Where archived objects go, relative to the destination.
+
+    :param path_template: object path of one task's log; ``.gz`` is appended when gzip is used.
+    :param manifest_template: object path of the job's manifest.
+    """
+
+    path_template: str = "{training_job_id}/{task_id}.log"
+    manifest_template: str = "{training_job_id}/manifest.json"
+
+    def __post_init__(self) -> None:
+        for name, template, needed in (
+            ("path_template", self.path_template, {"task_id"}),
+            ("manifest_template", self.manifest_template, set()),
+        ):
+            keys = {f for _, f, _, _ in Formatter().parse(template) if f is not None}
+            unknown = keys - _TEMPLATE_KEYS
+            if unknown:
+                raise ModelArtsValidationError(
+                    f"{name} {template!r} uses unknown fields {sorted(unknown)}; "
+                    f"allowed: {sorted(_TEMPLATE_KEYS)}"
+                )
+            if not needed <= keys:
+                raise ModelArtsValidationError(f"{name} {template!r} must contain {sorted(needed)}")
+            if template.startswith("/") or ".." in template.split("/"):
+                raise ModelArtsValidationError(f"{name} {template!r} must be a relative path without '..'")
+
+    def task_path(
+        self,
+        root: ObjectStoragePath,
+        *,
+        training_job_id: str,
+        task_id: str,
+        job_name: str,
+        compression: str | None,
+    ) -> ObjectStoragePath:
+        rel = self.path_template.format(training_job_id=training_job_id, task_id=task_id, job_name=job_name)
+        if compression == "gzip":
+            rel += ".gz"
+        return root / rel
+
+    def manifest_path(
+        self, root: ObjectStoragePath, *, training_job_id: str, job_name: str
+    ) -> ObjectStoragePath:
+        return root / self.manifest_template.format(
+            training_job_id=training_job_id, task_id="", job_name=job_name
+        )
+
+
+@dataclass
+class JobArchiveResult:
+    """What the operator returns (XCom) plus the full manifest entries."""
+
+    training_job_id: str
+    phase: str
+    manifest: str
+    tasks: list[TaskArchive] = field(default_factory=list)
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "training_job_id": self.training_job_id,
+            "phase": self.phase,
+            "manifest": self.manifest,
+            "tasks": [t.summary() for t in self.tasks],
+        }
+
+
+def read_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
+    """Return the manifest at ``path``, or ``None`` if there is none (or it cannot be parsed)."""
+    try:
+        if not path.exists():
+            return None
+        with path.fs.open(path.path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        log.warning("Ignoring unreadable manifest %s", path, exc_info=True)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _object_size(path: ObjectStoragePath) -> int | None:
+    try:
+        return int(path.fs.info(path.path)["size"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def job_tasks(job: dict[str, Any]) -> list[str]:
+    """Task names (``status.tasks``) of a training job body."""
+    tasks = (job.get("status") or {}).get("tasks") or []
+    return [str(t) for t in tasks]
+
+
+class TrainingJobLogArchiver:
+    """Archives the logs of a training job's tasks concurrently and writes the manifest.
+
+    :param source_factory: returns a :class:`LogSource`; called once per worker thread, since the hook's
+        ``requests.Session`` is not meant to be shared between threads.
+    :param destination: root of the archive.
+    :param layout: object layout under ``destination``.
+    :param compression: ``None`` or ``"gzip"``.
+    :param overwrite: re-archive tasks that the manifest already lists as complete and intact.
+    :param max_workers: how many task logs are copied at the same time.
+    :param chunk_size: bytes per read.
+    :param max_attempts: interruptions tolerated per task log.
+    :param progress_interval: seconds between progress lines of one log.
+    """
+
+    def __init__(
+        self,
+        source_factory: Callable[[], LogSource],
+        destination: ObjectStoragePath,
+        *,
+        layout: ArchiveLayout | None = None,
+        compression: str | None = None,
+        overwrite: bool = False,
+        max_workers: int = 4,
+        chunk_size: int = CHUNK_SIZE,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    ) -> None:
+        if compression not in COMPRESSIONS:
+            raise ModelArtsValidationError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if max_workers < 1:
+            raise ModelArtsValidationError(f"max_workers must be >= 1, got {max_workers}")
+        self.source_factory = source_factory
+        self.destination = destination
+        self.layout = layout or ArchiveLayout()
+        self.compression = compression
+        self.overwrite = overwrite
+        self.max_workers = max_workers
+        self.chunk_size = chunk_size
+        self.max_attempts = max_attempts
+        self.progress_interval = progress_interval
+        self._local = threading.local()
+
+    def _source(self) -> LogSource:
+        src = getattr(self._local, "source", None)
+        if src is None:
+            src = self._local.source = self.source_factory()
+        return src
+
+    def _reusable(self, entry: dict[str, Any] | None, target: ObjectStoragePath) -> bool:
+        if not entry or not entry.get("complete") or not entry.get("sha256"):
+            return False
+        if entry.get("uri") != str(target) or entry.get("compression") != self.compression:
+            return False
+        stored = entry.get("stored_size", entry.get("size"))
+        return stored is not None and _object_size(target) == stored
+
+    def archive(self, job: dict[str, Any], task_ids: Iterable[str] | None = None) -> JobArchiveResult:
+        """Archive the logs of ``job`` (a training-job details body).
+
+        :param job: the job as returned by ``ModelArtsHook.get_training_job``.
+        :param task_ids: tasks to archive; ``None`` means every task in ``status.tasks``.
+        :raises ModelArtsValidationError: a requested task is not one of the job's tasks.
+        :raises ModelArtsLogTransferError: one or more logs could not be archived (the others are, and the
+            manifest lists them).
+        """
+        metadata = job.get("metadata") or {}
+        training_job_id = str(metadata.get("id") or "")
+        if not training_job_id:
+            raise ModelArtsValidationError("The training job body has no metadata.id")
+        job_name = str(metadata.get("name") or training_job_id)
+        phase = TrainingJobPhase.parse(
+            (job.get("status") or {}).get("phase"), training_job_id=training_job_id
+        )
+        complete = phase.is_terminal
+        available = job_tasks(job)
+        if task_ids is None:
+            wanted = available
+        else:
+            wanted = list(dict.fromkeys(str(t) for t in task_ids))
+            missing = [t for t in wanted if t not in available]
+            if missing:
+                raise ModelArtsValidationError(
+                    f"Training job {training_job_id} has no task(s) {missing}; its tasks are {available}"
+                )
+        manifest_path = self.layout.manifest_path(
+            self.destination, training_job_id=training_job_id, job_name=job_name
+        )
+        previous = read_manifest(manifest_path) or {}
+        entries: dict[str, dict[str, Any]] = {
+            e["task_id"]: e for e in previous.get("tasks", []) if isinstance(e, dict) and "task_id" in e
+        }
+        if not wanted:
+            log.warning("Training job %s (%s) has no tasks to archive", training_job_id, phase.value)
+
+        def one(task_id: str) -> TaskArchive:
+            target = self.layout.task_path(
+                self.destination,
+                training_job_id=training_job_id,
+                task_id=task_id,
+                job_name=job_name,
+                compression=self.compression,
+            )
+            if not self.overwrite and self._reusable(entries.get(task_id), target):
+                log.info(
+                    "%s/%s: already archived and intact at %s; skipping", training_job_id, task_id, target
+                )
+                fields = {k: v for k, v in entries[task_id].items() if k in TaskArchive.__dataclass_fields__}
+                return TaskArchive(**{**fields, "skipped": True})
+            return archive_task_log(
+                self._source(),
+                training_job_id,
+                task_id,
+                target,
+                phase=phase.value,
+                complete=complete,
+                compression=self.compression,
+                chunk_size=self.chunk_size,
+                max_attempts=self.max_attempts,
+                progress_interval=self.progress_interval,
+            )
+
+        results: dict[str, TaskArchive] = {}
+        failures: dict[str, BaseException] = {}
+        workers = max(1, min(self.max_workers, len(wanted)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelarts-archive") as pool:
+            futures = {task_id: pool.submit(one, task_id) for task_id in wanted}
+            for task_id, fut in futures.items():
+                try:
+                    results[task_id] = fut.result()
+                except Exception as e:
+                    log.error("%s/%s: archiving failed: %s", training_job_id, task_id, e)
+                    failures[task_id] = e
+
+        for task_id, res in results.items():
+            entries[task_id] = res.manifest_entry()
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "training_job_id": training_job_id,
+            "job_name": job_name,
+            "phase": phase.value,
+            "complete": complete and all(e.get("complete") for e in entries.values()),
+            "updated_at": _utcnow_iso(),
+            "layout": {
+                "path_template": self.layout.path_template,
+                "manifest_template": self.layout.manifest_template,
+                "compression": self.compression,
+            },
+            "tasks": [entries[k] for k in sorted(entries)],
+        }
+        if results or not previous:
+            write_bytes_atomically(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        archived = [results[t] for t in wanted if t in results]
+        log.info(
+            "Training job %s (%s): %d task log(s) archived, %d skipped, %d failed; manifest %s",
+            training_job_id,
+            phase.value,
+            sum(not r.skipped for r in archived),
+            sum(r.skipped for r in archived),
+            len(failures),
+            manifest_path,
+        )
+        if failures:
+            detail = "; ".join(f"{t}: {e}" for t, e in failures.items())
+            raise ModelArtsLogTransferError(
+                f"Could not archive the log(s) of {sorted(failures)} of training job {training_job_id}: {detail}"
+            ) from next(iter(failures.values()))
+        return JobArchiveResult(
+            training_job_id=training_job_id, phase=phase.value, manifest=str(manifest_path), tasks=archived
+        )

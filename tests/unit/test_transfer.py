@@ -1,0 +1,452 @@
+"""The transfer engine against a fake OBS served through requests-mock: resume, restart, verification, atomicity."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+
+import pytest
+import requests
+import requests_mock
+import urllib3
+from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+from airflow_provider_modelarts.exceptions import (
+    ModelArtsLogLinkExpiredError,
+    ModelArtsLogTransferError,
+    ModelArtsValidationError,
+)
+from airflow_provider_modelarts.transfer import (
+    ArchiveLayout,
+    TrainingJobLogArchiver,
+    archive_task_log,
+    redact_url,
+)
+
+OBS = "http://bucket.obs.test.local"
+LINK = re.compile(re.escape(OBS) + r"/logs/.*")
+EXPIRED_XML = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeTooSkewed</Code>'
+    b"<Message>Request has expired.</Message><RequestId>1</RequestId></Error>"
+)
+
+
+def make_log(size: int, seed: int = 0) -> bytes:
+    out = bytearray()
+    i = 0
+    while len(out) < size:
+        out += f"[seed {seed}] line {i} {'x' * (i % 37)}\n".encode()
+        i += 1
+    return bytes(out[:size])
+
+
+class DroppingBody:
+    """A response body that breaks the connection after ``drop_after`` bytes."""
+
+    def __init__(self, data: bytes, drop_after: int | None = None):
+        self.data = data
+        self.pos = 0
+        self.drop_after = drop_after
+
+    def read(self, n: int = -1, *args, **kwargs) -> bytes:
+        if self.drop_after is not None and self.pos >= self.drop_after:
+            raise urllib3.exceptions.ProtocolError("Connection broken: peer reset")
+        end = len(self.data) if n is None or n < 0 else self.pos + n
+        if self.drop_after is not None:
+            end = min(end, self.drop_after)
+        chunk = self.data[self.pos : end]
+        self.pos += len(chunk)
+        return chunk
+
+    @property
+    def closed(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def close(self):
+        pass
+
+
+class FakeObs:
+    """Fake ModelArts (link API) + OBS (pre-signed GETs) with scripted faults per GET.
+
+    ``script`` entries are consumed one per GET: ``"ok"``, ``"expired"``, ``("drop", n)``,
+    ``"ignore_range"``, ``("short", n)`` (Content-Length claims more than is sent), ``("range_total", n)``.
+    """
+
+    def __init__(self, logs: dict[str, bytes], script=None):
+        self.logs = logs
+        self.script = list(script or [])
+        self.links = 0
+        self.gets: list[dict] = []
+        self.bytes_served = 0
+        self.sources_made = 0
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+        self.mock = requests_mock.Mocker()
+        self.mock.get(LINK, body=self._serve)
+
+    def __enter__(self):
+        self.mock.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.mock.stop()
+
+    def _serve(self, request, context):
+        task = request.path.rsplit("/", 1)[-1].removesuffix(".log")
+        data = self.logs[task]
+        with self._lock:
+            action = self.script.pop(0) if self.script else "ok"
+        rng = request.headers.get("Range")
+        self.gets.append({"task": task, "range": rng, "action": action, "url": request.url})
+        kind, arg = (action, None) if isinstance(action, str) else action
+        if kind == "expired":
+            context.status_code = 403
+            context.headers["Content-Type"] = "application/xml"
+            return DroppingBody(EXPIRED_XML)
+        start = 0
+        if rng and kind != "ignore_range":
+            start = int(re.match(r"bytes=(\d+)-$", rng).group(1))
+            context.status_code = 206
+            total = arg if kind == "range_total" else len(data)
+            context.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{total}"
+        body = data[start:]
+        context.headers["Content-Length"] = str(len(body))
+        if kind == "drop":
+            self.bytes_served += arg
+            return DroppingBody(body, drop_after=arg)
+        if kind == "short":
+            self.bytes_served += arg
+            return DroppingBody(body[:arg])
+        self.bytes_served += len(body)
+        return DroppingBody(body)
+
+    def source(self):
+        with self._lock:
+            self.sources_made += 1
+        return FakeSource(self)
+
+
+class FakeSource:
+    """Implements the hook contract methods the engine uses, over a real requests.Session."""
+
+    def __init__(self, obs: FakeObs):
+        self.obs = obs
+        self.session = requests.Session()
+
+    def get_task_log_url(self, training_job_id, task_id, download=False):
+        assert download is True
+        self.obs.threads.add(threading.current_thread().name)
+        with self.obs._lock:
+            self.obs.links += 1
+            n = self.obs.links
+        return f"{OBS}/logs/{training_job_id}/{task_id}.log?AccessKeyId=AK&Expires=1&Signature=SECRETSIG{n}"
+
+    def open_log_stream(self, url, *, offset=0, timeout=None):
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
+        if resp.status_code == 403:
+            body = resp.content
+            resp.close()
+            if b"RequestTimeTooSkewed" in body:
+                raise ModelArtsLogLinkExpiredError("link expired")
+            raise AssertionError(body)
+        return resp
+
+
+def job_body(job_id="job-1", phase="Completed", tasks=("worker-0",)):
+    return {
+        "metadata": {"id": job_id, "name": f"name-{job_id}"},
+        "status": {"phase": phase, "tasks": list(tasks)},
+    }
+
+
+@pytest.fixture
+def dest(tmp_path):
+    return ObjectStoragePath(f"file://{tmp_path}/archive")
+
+
+def files_under(path) -> list[str]:
+    out = []
+    for root, _dirs, files in os.walk(path):
+        out += [os.path.relpath(os.path.join(root, f), path) for f in files]
+    return sorted(out)
+
+
+def run_one(obs, dest, task="worker-0", **kw):
+    kw.setdefault("phase", "Completed")
+    return archive_task_log(obs.source(), "job-1", task, dest / "job-1" / f"{task}.log", **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_plain_copy_is_verified_and_leaves_no_staging_files(dest, tmp_path):
+    data = make_log(3 * 1024 * 1024 + 17)
+    with FakeObs({"worker-0": data}) as obs:
+        res = run_one(obs, dest, chunk_size=64 * 1024)
+    final = tmp_path / "archive" / "job-1" / "worker-0.log"
+    assert final.read_bytes() == data
+    assert res.size == len(data) == res.content_length == res.stored_size
+    assert res.sha256 == hashlib.sha256(data).hexdigest() == res.stored_sha256
+    assert res.attempts == 1 and res.restarts == 0 and res.complete
+    assert files_under(tmp_path / "archive") == ["job-1/worker-0.log"]
+    assert [g["range"] for g in obs.gets] == [None]
+
+
+def test_expired_link_gets_a_fresh_link_and_resumes_with_range(dest, tmp_path, caplog):
+    data = make_log(500_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 8192 * 25), "expired", "ok"]) as obs:
+        with caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"):
+            res = run_one(obs, dest, chunk_size=8192)
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert [g["range"] for g in obs.gets] == [None, "bytes=204800-", "bytes=204800-"]
+    # a fresh link after the drop and after the expiry
+    assert obs.links == 3
+    assert len({g["url"] for g in obs.gets}) == 3
+    # resumed, not restarted: nothing served twice
+    assert obs.bytes_served == len(data)
+    assert res.restarts == 0 and res.attempts == 3
+    assert "expired" in caplog.text and "dropped" in caplog.text
+    assert "SECRETSIG" not in caplog.text and "Signature" not in caplog.text
+
+
+def test_repeated_drops_resume_at_the_right_offsets(dest, tmp_path):
+    data = make_log(1_000_000)
+    # urllib3 loses a partly filled read buffer when the connection breaks, so drops are chunk-aligned here
+    script = [("drop", 4096 * 25), ("drop", 4096 * 61), ("drop", 1), "ok"]
+    with FakeObs({"worker-0": data}, script=script) as obs:
+        res = run_one(obs, dest, chunk_size=4096)
+    assert [g["range"] for g in obs.gets] == [None, "bytes=102400-", "bytes=352256-", "bytes=352256-"]
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert obs.bytes_served <= len(data) + 1
+
+
+def test_short_read_is_detected_and_resumed(dest, tmp_path):
+    data = make_log(300_000)
+    with FakeObs({"worker-0": data}, script=[("short", 123_456), "ok"]) as obs:
+        res = run_one(obs, dest)
+    assert [g["range"] for g in obs.gets] == [None, "bytes=123456-"]
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
+    assert res.size == len(data)
+
+
+def test_range_ignored_restarts_the_file_cleanly(dest, tmp_path, caplog):
+    data = make_log(400_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs:
+        with caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"):
+            res = run_one(obs, dest, chunk_size=10_000)
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert res.size == len(data)
+    assert res.restarts == 1
+    assert "ignored the Range request" in caplog.text
+    assert files_under(tmp_path / "archive") == ["job-1/worker-0.log"]
+
+
+def test_range_ignored_with_gzip_restarts_compressor_too(dest, tmp_path):
+    data = make_log(400_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs:
+        res = archive_task_log(
+            obs.source(),
+            "job-1",
+            "worker-0",
+            dest / "job-1/worker-0.log.gz",
+            phase="Failed",
+            compression="gzip",
+        )
+    stored = (tmp_path / "archive/job-1/worker-0.log.gz").read_bytes()
+    assert gzip.decompress(stored) == data
+    assert res.stored_size == len(stored) and res.stored_sha256 == hashlib.sha256(stored).hexdigest()
+
+
+def test_size_mismatch_every_time_gives_up_and_leaves_nothing(dest, tmp_path, caplog):
+    data = make_log(100_000)
+    with FakeObs({"worker-0": data}, script=[("short", 10)] * 50) as obs:
+        with pytest.raises(ModelArtsLogTransferError, match="Giving up"):
+            run_one(obs, dest, max_attempts=3)
+    # first request + 3 tolerated interruptions, then the 4th interruption gives up
+    assert len(obs.gets) == 4
+    assert files_under(tmp_path / "archive") == []
+
+
+def test_resume_total_mismatch_on_a_final_log_restarts(dest, tmp_path):
+    data = make_log(50_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 1000), ("range_total", 99_999)]) as obs:
+        res = run_one(obs, dest, chunk_size=1000)
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
+    assert res.restarts == 1
+    assert [g["range"] for g in obs.gets] == [None, "bytes=1000-", None]
+
+
+def test_always_expired_gives_up_after_bounded_attempts(dest, tmp_path):
+    with FakeObs({"worker-0": b"abc"}, script=["expired"] * 20) as obs:
+        with pytest.raises(ModelArtsLogTransferError, match="after 5 interruptions"):
+            run_one(obs, dest, max_attempts=4)
+    assert obs.links == 5
+    assert not (tmp_path / "archive").exists() or files_under(tmp_path / "archive") == []
+
+
+def test_failure_midway_discards_the_staged_file(dest, tmp_path):
+    data = make_log(200_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 50_000)] * 3) as obs:
+        with pytest.raises(ModelArtsLogTransferError):
+            run_one(obs, dest, max_attempts=2, chunk_size=4096)
+    assert files_under(tmp_path / "archive") == []
+
+
+def test_gzip_records_original_and_stored_checksums(dest, tmp_path):
+    data = make_log(2_000_000)
+    with FakeObs({"worker-0": data}) as obs:
+        res = archive_task_log(
+            obs.source(), "job-1", "worker-0", dest / "x.log.gz", phase="Completed", compression="gzip"
+        )
+    stored = (tmp_path / "archive/x.log.gz").read_bytes()
+    assert gzip.decompress(stored) == data
+    assert res.size == len(data) and res.sha256 == hashlib.sha256(data).hexdigest()
+    assert res.stored_size == len(stored) < len(data)
+    assert res.stored_sha256 == hashlib.sha256(stored).hexdigest()
+
+
+def test_empty_log(dest, tmp_path):
+    with FakeObs({"worker-0": b""}) as obs:
+        res = run_one(obs, dest)
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == b""
+    assert res.size == 0 and res.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_progress_is_logged_with_rate_and_eta(dest, caplog):
+    data = make_log(200_000)
+    ticks = iter(range(10_000))
+    with FakeObs({"worker-0": data}) as obs:
+        with caplog.at_level(logging.INFO, logger="airflow_provider_modelarts.transfer"):
+            run_one(obs, dest, chunk_size=10_000, progress_interval=5, clock=lambda: float(next(ticks)))
+    progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
+    assert progress, caplog.text
+    assert "MB/s" in progress[0] and "%" in progress[0]
+    assert any("archived" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records)
+
+
+def test_redact_url_strips_signature():
+    assert redact_url("https://b.obs.x.com/a/b.log?AccessKeyId=A&Signature=S%3D&Expires=1") == (
+        "https://b.obs.x.com/a/b.log"
+    )
+
+
+def test_rejects_unknown_compression(dest):
+    with pytest.raises(ModelArtsValidationError, match="compression"):
+        archive_task_log(FakeSource(FakeObs({})), "j", "t", dest / "x", phase="Completed", compression="zstd")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# whole job: manifest, skip / overwrite, concurrency
+
+
+def test_job_archive_writes_layout_and_manifest(dest, tmp_path):
+    logs = {f"worker-{i}": make_log(100_000 + i, seed=i) for i in range(5)}
+    with FakeObs(logs) as obs:
+        archiver = TrainingJobLogArchiver(obs.source, dest, max_workers=3)
+        res = archiver.archive(job_body(phase="Failed", tasks=logs))
+    assert obs.sources_made <= 3
+    assert files_under(tmp_path / "archive") == ["job-1/manifest.json"] + [
+        f"job-1/{t}.log" for t in sorted(logs)
+    ]
+    manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert manifest["phase"] == "Failed" and manifest["complete"] is True
+    by_task = {e["task_id"]: e for e in manifest["tasks"]}
+    for t, data in logs.items():
+        e = by_task[t]
+        assert e["size"] == len(data) and e["sha256"] == hashlib.sha256(data).hexdigest()
+        assert e["uri"] == str(dest / "job-1" / f"{t}.log")
+        assert e["phase"] == "Failed" and e["complete"] is True and e["archived_at"]
+        assert e["content_length"] == len(data)
+    xcom = res.to_xcom()
+    assert xcom["training_job_id"] == "job-1" and xcom["phase"] == "Failed"
+    assert xcom["manifest"] == str(dest / "job-1" / "manifest.json")
+    assert [t["task_id"] for t in xcom["tasks"]] == list(logs)
+    assert set(xcom["tasks"][0]) == {"task_id", "uri", "size", "sha256"}
+
+
+def test_rerun_skips_intact_tasks_and_overwrite_forces(dest, tmp_path):
+    logs = {"worker-0": make_log(10_000), "worker-1": make_log(20_000, seed=1)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs))
+        assert obs.links == 2
+        again = TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs))
+        assert obs.links == 2, "an intact archive must not be downloaded again"
+        assert all(t.skipped for t in again.tasks)
+        assert again.tasks[1].sha256 == hashlib.sha256(logs["worker-1"]).hexdigest()
+        # a damaged object (wrong size) is archived again
+        (tmp_path / "archive/job-1/worker-1.log").write_bytes(b"truncated")
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs))
+        assert obs.links == 3
+        assert (tmp_path / "archive/job-1/worker-1.log").read_bytes() == logs["worker-1"]
+        TrainingJobLogArchiver(obs.source, dest, overwrite=True).archive(job_body(tasks=logs))
+        assert obs.links == 5
+
+
+def test_running_job_is_marked_incomplete_and_rearchived_later(dest, tmp_path):
+    logs = {"worker-0": make_log(1000)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(phase="Running", tasks=logs))
+        manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+        assert manifest["complete"] is False and manifest["tasks"][0]["complete"] is False
+        logs["worker-0"] = make_log(2000)
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(phase="Completed", tasks=logs))
+    manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["tasks"][0]["size"] == 2000
+    assert obs.links == 2
+
+
+def test_unknown_task_id_lists_the_jobs_tasks(dest):
+    with FakeObs({}) as obs, pytest.raises(ModelArtsValidationError, match=r"worker-9.*worker-0.*worker-1"):
+        TrainingJobLogArchiver(obs.source, dest).archive(
+            job_body(tasks=["worker-0", "worker-1"]), task_ids=["worker-9"]
+        )
+
+
+def test_subset_of_tasks_keeps_other_manifest_entries(dest, tmp_path):
+    logs = {"worker-0": make_log(10), "worker-1": make_log(20)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs), task_ids=["worker-0"])
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs), task_ids=["worker-1"])
+    manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0", "worker-1"]
+
+
+def test_one_failed_task_fails_the_job_but_keeps_the_rest(dest, tmp_path):
+    logs = {"worker-0": make_log(10_000), "worker-1": make_log(10_000, seed=1)}
+    with FakeObs(logs, script=["ok"] + ["expired"] * 10) as obs:
+        archiver = TrainingJobLogArchiver(obs.source, dest, max_workers=1, max_attempts=2)
+        with pytest.raises(ModelArtsLogTransferError, match="worker-1"):
+            archiver.archive(job_body(tasks=logs))
+    manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0"]
+    assert files_under(tmp_path / "archive") == ["job-1/manifest.json", "job-1/worker-0.log"]
+
+
+def test_custom_layout_and_gzip(dest, tmp_path):
+    logs = {"worker-0": make_log(5000)}
+    layout = ArchiveLayout(
+        path_template="{job_name}/logs/{task_id}.txt", manifest_template="{job_name}/m.json"
+    )
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest, layout=layout, compression="gzip").archive(
+            job_body(tasks=logs)
+        )
+    assert files_under(tmp_path / "archive") == ["name-job-1/logs/worker-0.txt.gz", "name-job-1/m.json"]
+
+
+@pytest.mark.parametrize(
+    "template", ["{training_job_id}.log", "{task_id}/{secret}.log", "/abs/{task_id}.log", "../{task_id}.log"]
+)
+def test_layout_validation(template):
+    with pytest.raises(ModelArtsValidationError):
+        ArchiveLayout(path_template=template)

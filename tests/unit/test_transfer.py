@@ -201,9 +201,11 @@ def test_plain_copy_is_verified_and_leaves_no_staging_files(dest, tmp_path):
 
 def test_expired_link_gets_a_fresh_link_and_resumes_with_range(dest, tmp_path, caplog):
     data = make_log(500_000)
-    with FakeObs({"worker-0": data}, script=[("drop", 8192 * 25), "expired", "ok"]) as obs:
-        with caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"):
-            res = run_one(obs, dest, chunk_size=8192)
+    with (
+        FakeObs({"worker-0": data}, script=[("drop", 8192 * 25), "expired", "ok"]) as obs,
+        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"),
+    ):
+        res = run_one(obs, dest, chunk_size=8192)
     assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert [g["range"] for g in obs.gets] == [None, "bytes=204800-", "bytes=204800-"]
@@ -240,9 +242,11 @@ def test_short_read_is_detected_and_resumed(dest, tmp_path):
 
 def test_range_ignored_restarts_the_file_cleanly(dest, tmp_path, caplog):
     data = make_log(400_000)
-    with FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs:
-        with caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"):
-            res = run_one(obs, dest, chunk_size=10_000)
+    with (
+        FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs,
+        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"),
+    ):
+        res = run_one(obs, dest, chunk_size=10_000)
     assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert res.size == len(data)
@@ -269,9 +273,11 @@ def test_range_ignored_with_gzip_restarts_compressor_too(dest, tmp_path):
 
 def test_size_mismatch_every_time_gives_up_and_leaves_nothing(dest, tmp_path, caplog):
     data = make_log(100_000)
-    with FakeObs({"worker-0": data}, script=[("short", 10)] * 50) as obs:
-        with pytest.raises(ModelArtsLogTransferError, match="Giving up"):
-            run_one(obs, dest, max_attempts=3)
+    with (
+        FakeObs({"worker-0": data}, script=[("short", 10)] * 50) as obs,
+        pytest.raises(ModelArtsLogTransferError, match="Giving up"),
+    ):
+        run_one(obs, dest, max_attempts=3)
     # first request + 3 tolerated interruptions, then the 4th interruption gives up
     assert len(obs.gets) == 4
     assert files_under(tmp_path / "archive") == []
@@ -287,18 +293,22 @@ def test_resume_total_mismatch_on_a_final_log_restarts(dest, tmp_path):
 
 
 def test_always_expired_gives_up_after_bounded_attempts(dest, tmp_path):
-    with FakeObs({"worker-0": b"abc"}, script=["expired"] * 20) as obs:
-        with pytest.raises(ModelArtsLogTransferError, match="after 5 interruptions"):
-            run_one(obs, dest, max_attempts=4)
+    with (
+        FakeObs({"worker-0": b"abc"}, script=["expired"] * 20) as obs,
+        pytest.raises(ModelArtsLogTransferError, match="after 5 interruptions"),
+    ):
+        run_one(obs, dest, max_attempts=4)
     assert obs.links == 5
     assert not (tmp_path / "archive").exists() or files_under(tmp_path / "archive") == []
 
 
 def test_failure_midway_discards_the_staged_file(dest, tmp_path):
     data = make_log(200_000)
-    with FakeObs({"worker-0": data}, script=[("drop", 50_000)] * 3) as obs:
-        with pytest.raises(ModelArtsLogTransferError):
-            run_one(obs, dest, max_attempts=2, chunk_size=4096)
+    with (
+        FakeObs({"worker-0": data}, script=[("drop", 50_000)] * 3) as obs,
+        pytest.raises(ModelArtsLogTransferError),
+    ):
+        run_one(obs, dest, max_attempts=2, chunk_size=4096)
     assert files_under(tmp_path / "archive") == []
 
 
@@ -325,9 +335,11 @@ def test_empty_log(dest, tmp_path):
 def test_progress_is_logged_with_rate_and_eta(dest, caplog):
     data = make_log(200_000)
     ticks = iter(range(10_000))
-    with FakeObs({"worker-0": data}) as obs:
-        with caplog.at_level(logging.INFO, logger="airflow_provider_modelarts.transfer"):
-            run_one(obs, dest, chunk_size=10_000, progress_interval=5, clock=lambda: float(next(ticks)))
+    with (
+        FakeObs({"worker-0": data}) as obs,
+        caplog.at_level(logging.INFO, logger="airflow_provider_modelarts.transfer"),
+    ):
+        run_one(obs, dest, chunk_size=10_000, progress_interval=5, clock=lambda: float(next(ticks)))
     progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert progress, caplog.text
     assert "MB/s" in progress[0] and "%" in progress[0]

@@ -1,0 +1,127 @@
+"""The README's demo runs end to end, prints what it promises, and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "scripts" / "demo.py"
+SCENARIO = ROOT / "example_dags" / "demo_scenario.json"
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    scenario = tmp_path / "scenario.json"  # a unique path, so the emulator's command line identifies it
+    shutil.copy(SCENARIO, scenario)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    proc = subprocess.Popen(
+        [sys.executable, str(DEMO), "--archive-dir", str(tmp_path / "archive"), "--scenario", str(scenario), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        start_new_session=True,
+    )
+    return proc, scenario
+
+
+def _leftovers(scenario: Path, home: str | None) -> list[str]:
+    """Processes still running that the demo started: the emulator (by its scenario path) or Airflow (by home)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(scenario) in cmdline:
+                found.append(f"{proc.pid}: {cmdline}")
+            elif home and proc.environ().get("AIRFLOW_HOME") == home:
+                found.append(f"{proc.pid}: {cmdline}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _port_open(url: str) -> bool:
+    host, port = re.match(r"http://([\d.]+):(\d+)", url).groups()  # type: ignore[union-attr]
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.timeout(900)
+def test_demo_runs_and_cleans_up(tmp_path):
+    proc, scenario = _start_demo(tmp_path)
+    try:
+        out, _ = proc.communicate(timeout=840)
+    finally:
+        _kill_group(proc)
+    print(out)
+    assert proc.returncode == 0, out[-4000:]
+
+    home = re.search(r"Temporary AIRFLOW_HOME (\S+)", out)
+    url = re.search(r"emulator at (http://\S+)", out)
+    assert home and url, out
+    assert not Path(home[1]).exists(), "the temporary AIRFLOW_HOME was not removed"
+    assert not _port_open(url[1]), "the emulator is still listening"
+    assert _leftovers(scenario, home[1]) == []
+
+    archive = tmp_path / "archive"
+    assert f"Logs archived under {archive}" in out
+    manifests = sorted(archive.rglob("manifest.json"))
+    assert manifests, f"no manifest under {archive}"
+    manifest = json.loads(manifests[0].read_text())
+    assert "Manifest " in out and str(manifests[0]) in out
+    logs = [p for p in archive.rglob("*") if p.is_file() and p.name != "manifest.json" and ".log" in p.name]
+    assert len(logs) >= 2, logs  # both workers of the completed job
+    assert json.dumps(manifest, indent=2).splitlines()[1] in out
+
+    assert re.search(r"Log links pushed to XCom \([1-9]\d*\)", out), out[-4000:]
+    assert "expires at" in out
+    assert "Demo finished" in out
+
+
+@pytest.mark.timeout(300)
+def test_demo_stops_everything_on_ctrl_c(tmp_path):
+    proc, scenario = _start_demo(tmp_path)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            lines.append(line)
+            if "airflow dags test" in line or time.monotonic() > deadline:
+                break
+        assert any("airflow dags test" in line for line in lines), "".join(lines)
+        time.sleep(3)  # let the DAG run get going
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        _kill_group(proc)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "Interrupted" in out
+    home = re.search(r"Temporary AIRFLOW_HOME (\S+)", out)
+    url = re.search(r"emulator at (http://\S+)", out)
+    assert home and url, out
+    time.sleep(1)
+    assert not _port_open(url[1]), "the emulator is still listening"
+    assert _leftovers(scenario, home[1]) == []

@@ -24,6 +24,64 @@ DEFAULT_CONN_ID = "modelarts_default"
 OBS_ENDPOINT_TEMPLATE = "https://obs.{region}.myhuaweicloud.com"
 
 
+def __getattr__(name: str) -> Any:
+    # Built on first use so that importing this module does not need s3fs.
+    if name == "OBSFileSystem":
+        cls = _obs_filesystem_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _obs_filesystem_class() -> type:
+    try:
+        from s3fs import S3FileSystem
+    except ImportError as e:
+        raise ImportError(
+            "obs:// paths need s3fs, which is not installed. "
+            "Install it with: pip install 'airflow-provider-modelarts[obs]'"
+        ) from e
+
+    class OBSFileSystem(S3FileSystem):
+        """``s3fs.S3FileSystem`` speaking to OBS's S3-compatible API under the ``obs://`` scheme."""
+
+        protocol = ("obs",)
+
+    OBSFileSystem.__module__ = __name__
+    OBSFileSystem.__qualname__ = "OBSFileSystem"
+    return OBSFileSystem
+
+
+def register_obs_scheme() -> None:
+    """Teach fsspec and universal-pathlib that ``obs://bucket/key`` is a bucket-style URL.
+
+    Airflow's ``ObjectStoragePath`` parses a URL with universal-pathlib before it asks the provider for
+    the filesystem, so the scheme must be known to both libraries; done when this module is imported
+    (importing the provider's operators does it). Idempotent.
+    """
+    import fsspec
+
+    fsspec.register_implementation(
+        "obs",
+        f"{__name__}.OBSFileSystem",
+        clobber=True,
+        errtxt="obs:// paths need s3fs: pip install 'airflow-provider-modelarts[obs]'",
+    )
+    try:
+        import upath.registry
+        from upath._flavour import WrappedFileSystemFlavour
+        from upath._flavour_sources import S3FileSystemFlavour, flavour_registry
+    except ImportError:  # pragma: no cover - other universal-pathlib layouts
+        return
+    if "obs" not in flavour_registry:
+
+        class _OBSFlavour(S3FileSystemFlavour):
+            protocol = ("obs",)
+
+    WrappedFileSystemFlavour.protocol_config["netloc_is_anchor"].add("obs")
+    upath.registry.register_implementation("obs", "upath.implementations.cloud.CloudPath", clobber=True)
+
+
 def _extra(conn: Any) -> dict[str, Any]:
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
     return dict(extra or {})
@@ -51,13 +109,7 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
     :param conn_id: Airflow connection holding the AK/SK (``modelarts_default`` when ``None``).
     :param storage_options: extra keyword arguments for ``s3fs.S3FileSystem``.
     """
-    try:
-        from s3fs import S3FileSystem
-    except ImportError as e:
-        raise ImportError(
-            "obs:// paths need s3fs, which is not installed. "
-            "Install it with: pip install 'airflow-provider-modelarts[obs]'"
-        ) from e
+    fs_class = _obs_filesystem_class()
 
     from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
@@ -88,4 +140,7 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
         "config_kwargs": dict(extra.get("obs_config_kwargs") or {}),
     }
     options.update(storage_options or {})
-    return S3FileSystem(**options)
+    return fs_class(**options)
+
+
+register_obs_scheme()

@@ -86,3 +86,11 @@ class ModelArtsLogLinkExpiredError(ModelArtsError):
 
 class ModelArtsLogTransferError(ModelArtsError):
     """A log could not be archived completely and verified."""
+
+
+class ModelArtsTransportError(ModelArtsApiError):
+    """The request did not get an HTTP answer (connection refused or reset, DNS failure, timeout)."""
+
+    @property
+    def is_retryable(self) -> bool:
+        return True

@@ -1,0 +1,318 @@
+"""Operators for Huawei Cloud ModelArts training jobs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
+
+import airflow_provider_modelarts.fs.obs  # noqa: F401 - registers the obs:// scheme for ObjectStoragePath
+from airflow_provider_modelarts.exceptions import ModelArtsError, ModelArtsValidationError
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+from airflow_provider_modelarts.links.modelarts import (
+    ModelArtsTrainingJobConsoleLink,
+    persist_training_job_links,
+)
+from airflow_provider_modelarts.states import TERMINAL_PHASES, TrainingJobPhase
+from airflow_provider_modelarts.transfer import (
+    CHUNK_SIZE,
+    COMPRESSIONS,
+    DEFAULT_MAX_ATTEMPTS,
+    ArchiveLayout,
+    TrainingJobLogArchiver,
+    job_tasks,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Context
+
+
+class ModelArtsArchiveTaskLogsOperator(BaseOperator):
+    """Archive every task log of a ModelArts training job to object storage, once the job has finished.
+
+    Each log is streamed (constant memory) from its temporary OBS link, resumed with a fresh link and a
+    ``Range`` request when the link expires or the connection drops, checked against the announced size,
+    hashed (sha256) and only then made visible at its final path. A ``manifest.json`` records, per task,
+    the object URI, original size and sha256, the job phase and the archive time. Logs of failed jobs are
+    archived as well.
+
+    Layout (default; see ``path_template``/``manifest_template``)::
+
+        {destination}/{training_job_id}/{task_id}.log       (.log.gz with compression="gzip")
+        {destination}/{training_job_id}/manifest.json
+
+    Re-runs skip tasks whose manifest entry is complete and whose object still has the recorded size,
+    unless ``overwrite=True``. Returns (XCom) ``{"training_job_id", "phase", "manifest", "tasks":
+    [{"task_id", "uri", "size", "sha256"}]}``. When ``outlets`` holds assets, their events carry the same
+    summary in ``extra``.
+
+    :param training_job_id: the training job. (templated)
+    :param destination: archive root: a URI (``file://``, ``s3://``, ``obs://`` or any scheme Airflow's
+        ``ObjectStoragePath`` knows) or an ``ObjectStoragePath``; an absolute local path means ``file://``.
+        (templated)
+    :param destination_conn_id: connection for the destination (an ``aws`` connection for ``s3://``);
+        ``obs://`` defaults to ``modelarts_conn_id``. (templated)
+    :param task_ids: tasks to archive (e.g. ``["worker-0"]``); ``None`` means every task in
+        ``status.tasks``. (templated)
+    :param modelarts_conn_id: the ``modelarts`` connection. (templated)
+    :param wait_for_completion: wait until the job's phase is terminal (Completed, Failed, Terminated,
+        Abnormal); if ``False`` the logs are archived as they are now, marked incomplete in the manifest
+        when the job is still running.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param poll_interval: seconds between status checks while waiting.
+    :param timeout: seconds to wait for the job to finish before failing; ``None`` waits indefinitely.
+    :param compression: ``None`` or ``"gzip"``.
+    :param overwrite: archive again even when the manifest shows an intact archive.
+    :param max_workers: task logs copied at the same time.
+    :param path_template: object path of a task log relative to ``destination``; fields
+        ``{training_job_id}``, ``{task_id}``, ``{job_name}``. (templated)
+    :param manifest_template: object path of the manifest relative to ``destination``. (templated)
+    :param max_attempts: interruptions (expired link, dropped connection, short read) tolerated per log.
+    :param chunk_size: bytes read at a time.
+    """
+
+    template_fields: Sequence[str] = (
+        "training_job_id",
+        "destination",
+        "destination_conn_id",
+        "task_ids",
+        "modelarts_conn_id",
+        "path_template",
+        "manifest_template",
+    )
+    ui_color = "#c7000b"
+    operator_extra_links = (ModelArtsTrainingJobConsoleLink(),)
+
+    def __init__(
+        self,
+        *,
+        training_job_id: str,
+        destination: str | ObjectStoragePath,
+        destination_conn_id: str | None = None,
+        task_ids: list[str] | None = None,
+        modelarts_conn_id: str = ModelArtsHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 30,
+        timeout: float | None = None,
+        compression: str | None = None,
+        overwrite: bool = False,
+        max_workers: int = 4,
+        path_template: str = ArchiveLayout.path_template,
+        manifest_template: str = ArchiveLayout.manifest_template,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        chunk_size: int = CHUNK_SIZE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.training_job_id = training_job_id
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.task_ids = task_ids
+        self.modelarts_conn_id = modelarts_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.compression = compression
+        self.overwrite = overwrite
+        self.max_workers = max_workers
+        self.path_template = path_template
+        self.manifest_template = manifest_template
+        self.max_attempts = max_attempts
+        self.chunk_size = chunk_size
+
+    @cached_property
+    def hook(self) -> ModelArtsHook:
+        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
+
+    def new_hook(self) -> ModelArtsHook:
+        """A hook for one archive worker thread (a ``requests.Session`` is not shared between threads)."""
+        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
+
+    # ---------------------------------------------------------------------------------------------------
+
+    def _validate(self) -> tuple[ObjectStoragePath, ArchiveLayout, list[str] | None]:
+        if not isinstance(self.training_job_id, str) or not self.training_job_id.strip():
+            raise ModelArtsValidationError(
+                f"training_job_id must be a non-empty string, got {self.training_job_id!r}"
+            )
+        if self.compression not in COMPRESSIONS:
+            raise ModelArtsValidationError(f"compression must be None or 'gzip', got {self.compression!r}")
+        if not isinstance(self.max_workers, int) or self.max_workers < 1:
+            raise ModelArtsValidationError(f"max_workers must be an integer >= 1, got {self.max_workers!r}")
+        if not isinstance(self.poll_interval, (int, float)) or self.poll_interval < 0:
+            raise ModelArtsValidationError(f"poll_interval must be a number >= 0, got {self.poll_interval!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
+            raise ModelArtsValidationError(f"timeout must be None or a number > 0, got {self.timeout!r}")
+        task_ids: list[str] | None
+        if self.task_ids is None:
+            task_ids = None
+        elif isinstance(self.task_ids, str):
+            task_ids = [self.task_ids]
+        elif isinstance(self.task_ids, (list, tuple)) and all(
+            isinstance(t, str) and t for t in self.task_ids
+        ):
+            task_ids = list(self.task_ids)
+        else:
+            raise ModelArtsValidationError(
+                f"task_ids must be None or a list of task names, got {self.task_ids!r}"
+            )
+        layout = ArchiveLayout(path_template=self.path_template, manifest_template=self.manifest_template)
+        return self._resolve_destination(), layout, task_ids
+
+    def _resolve_destination(self) -> ObjectStoragePath:
+        dest: Any = self.destination
+        if isinstance(dest, ObjectStoragePath):
+            return dest
+        if isinstance(dest, os.PathLike):
+            dest = os.fspath(dest)
+        if not isinstance(dest, str) or not dest.strip():
+            raise ModelArtsValidationError(f"destination must be a URI or an ObjectStoragePath, got {dest!r}")
+        dest = dest.strip()
+        scheme = urlsplit(dest).scheme.lower()
+        if not scheme:
+            if not dest.startswith("/"):
+                raise ModelArtsValidationError(
+                    f"destination {dest!r} is a relative path; use an absolute path or a URI such as "
+                    "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
+                )
+            dest, scheme = f"file://{dest}", "file"
+        from airflow.sdk.io.fs import has_fs
+
+        if not has_fs(scheme):
+            raise ModelArtsValidationError(
+                f"destination scheme {scheme!r} is not supported ({dest}); use file://, s3:// (needs "
+                "apache-airflow-providers-amazon[s3fs]), obs:// (needs airflow-provider-modelarts[obs]) or "
+                "another scheme registered with Airflow's ObjectStoragePath"
+            )
+        conn_id = self.destination_conn_id
+        if conn_id is None and scheme == "obs":
+            conn_id = self.modelarts_conn_id
+        return ObjectStoragePath(dest, conn_id=conn_id)
+
+    # ---------------------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        destination, layout, task_ids = self._validate()
+        job = self.hook.get_training_job(self.training_job_id)
+        persist_training_job_links(
+            context,
+            training_job_id=self.training_job_id,
+            console_url=self.hook.console_url(self.training_job_id),
+            modelarts_conn_id=self.modelarts_conn_id,
+            task_ids=job_tasks(job),
+        )
+        phase = self._phase(job)
+        if self.wait_for_completion and not phase.is_terminal:
+            if self.deferrable:
+                self._defer(phase)
+            job = self._wait(job, phase)
+        return self._archive(context, job, destination, layout, task_ids)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: archive once the job reached a terminal phase."""
+        if not event:
+            raise ModelArtsError(f"Training job {self.training_job_id}: the trigger sent no event")
+        if event.get("status") != "success":
+            raise ModelArtsError(
+                f"Training job {self.training_job_id}: waiting failed ({event.get('status')}): "
+                f"{event.get('message') or 'no message'}"
+            )
+        destination, layout, task_ids = self._validate()
+        job = self.hook.get_training_job(self.training_job_id)
+        return self._archive(context, job, destination, layout, task_ids)
+
+    def _phase(self, job: dict[str, Any]) -> TrainingJobPhase:
+        return TrainingJobPhase.parse(
+            (job.get("status") or {}).get("phase"), training_job_id=self.training_job_id
+        )
+
+    def _defer(self, phase: TrainingJobPhase) -> None:
+        from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
+
+        self.log.info(
+            "Training job %s is %s; deferring until it finishes (poll every %ss)",
+            self.training_job_id,
+            phase.value,
+            self.poll_interval,
+        )
+        self.defer(
+            trigger=ModelArtsTrainingJobTrigger(
+                training_job_id=self.training_job_id,
+                modelarts_conn_id=self.modelarts_conn_id,
+                poll_interval=self.poll_interval,
+                end_time=time.time() + self.timeout if self.timeout else None,
+                success_phases=sorted(p.value for p in TERMINAL_PHASES),
+                failure_phases=[],
+            ),
+            method_name="execute_complete",
+        )
+
+    def _wait(self, job: dict[str, Any], phase: TrainingJobPhase) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        self.log.info("Waiting for training job %s to finish (now %s)", self.training_job_id, phase.value)
+        while not phase.is_terminal:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ModelArtsError(
+                    f"Timed out after {self.timeout}s waiting for training job {self.training_job_id} to "
+                    f"finish; it is still {phase.value}"
+                )
+            pause = self.poll_interval
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            time.sleep(pause)
+            job = self.hook.get_training_job(self.training_job_id)
+            new_phase = self._phase(job)
+            if new_phase is not phase:
+                self.log.info("Training job %s: %s -> %s", self.training_job_id, phase.value, new_phase.value)
+            phase = new_phase
+        return job
+
+    def _archive(
+        self,
+        context: Context,
+        job: dict[str, Any],
+        destination: ObjectStoragePath,
+        layout: ArchiveLayout,
+        task_ids: list[str] | None,
+    ) -> dict[str, Any]:
+        archiver = TrainingJobLogArchiver(
+            self.new_hook,
+            destination,
+            layout=layout,
+            compression=self.compression,
+            overwrite=self.overwrite,
+            max_workers=self.max_workers,
+            chunk_size=self.chunk_size,
+            max_attempts=self.max_attempts,
+        )
+        result = archiver.archive(job, task_ids).to_xcom()
+        self._emit_asset_events(context, result)
+        return result
+
+    def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
+        outlets = getattr(self, "outlets", None) or []
+        if not outlets:
+            return
+        events = context.get("outlet_events")
+        if events is None:
+            return
+        extra = {
+            "training_job_id": result["training_job_id"],
+            "phase": result["phase"],
+            "manifest": result["manifest"],
+            "tasks": [
+                {"task_id": t["task_id"], "size": t["size"], "sha256": t["sha256"]} for t in result["tasks"]
+            ],
+        }
+        from airflow.providers.common.compat.sdk import Asset
+
+        for outlet in outlets:
+            if isinstance(outlet, Asset):
+                events[outlet].extra = extra

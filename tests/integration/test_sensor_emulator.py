@@ -183,3 +183,21 @@ def test_preview_link_falls_back_fast_when_modelarts_is_slow(modelarts_conn, mon
     started = time.monotonic()
     assert ModelArtsTaskLogPreviewLink().get_link(None, ti_key=None) == "https://console"
     assert time.monotonic() - started < 5
+
+
+def test_notifier_sends_mail_through_smtp_notifier(modelarts_conn, smtp_conn):
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from tests.fixtures.smtp_server import message_text
+
+    smtp = SmtpNotifier(
+        to="oncall@example.com",
+        subject="Training job {{ modelarts.training_job_id }} {{ modelarts.phase }}",
+        html_content="<pre>{{ modelarts.summary }}</pre>",
+    )
+    ModelArtsTaskLogsNotifier(training_job_id="job-failed", notifier=smtp, tail_lines=3)({})
+    [message] = smtp_conn.wait_for_messages(1)
+    assert message["Subject"] == "Training job job-failed Failed"
+    text = message_text(message)
+    assert "RuntimeError: CUDA out of memory" in text
+    assert modelarts_conn.url in text

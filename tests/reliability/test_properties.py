@@ -91,26 +91,6 @@ def test_signer_matches_official_sdk(  # noqa: PLR0917
     assert urlsplit(ours.url).path == path
 
 
-@PROFILE
-@given(segs=segments)
-def test_canonical_uri_ends_in_slash_and_keeps_the_decoded_path(segs):
-    """Always ends in ``/``, holds only unreserved characters or ``%XX``, and decodes back to the request path."""
-    path = "/" + "/".join(quote(s, safe="") for s in segs)
-    canonical = auth.canonical_uri(path)
-    assert canonical.endswith("/")
-    assert all((c.isalnum() and c.isascii()) or c in "-_.~%/" for c in canonical)
-    decoded = unquote(path)
-    assert unquote(canonical) == (decoded if decoded.endswith("/") else decoded + "/")
-
-
-@PROFILE
-@given(pairs=query_pairs)
-def test_canonical_query_is_order_independent(pairs):
-    """Shuffling the query pairs never changes the canonical query (the server sorts too)."""
-    assert auth.canonical_query(pairs) == auth.canonical_query(list(reversed(pairs)))
-    assert auth.canonical_query(pairs) == auth.canonical_query(sorted(pairs))
-
-
 @pytest.mark.xfail(
     strict=True,
     reason="auth.AkSkSigner re-encodes header values to latin-1 *before* building the canonical headers; "
@@ -125,31 +105,107 @@ def test_non_ascii_header_value_matches_official_sdk():
     assert ours.headers["Authorization"] == sdk.header_params["Authorization"]
 
 
-@pytest.mark.parametrize(
-    ("vector", "signature"),
-    [
-        ("v1", "02f7c5978f82e28ceb9bf76beb7590edb0d1b2ac801f6bd8d5f6182e4311b1ad"),
-        ("v3", "54d5cf5f2d353a187bf7171bda04054a981d24b0584b74d9ff6e54c63af56785"),
-    ],
-)
-def test_published_vectors(vector, signature):
-    """The worked vectors of the API notes, through the same entry point the hook uses."""
+# ------------------------------------------------------------------------------------------------
+# Id validation
+# ------------------------------------------------------------------------------------------------
+
+FORBIDDEN_IN_IDS = ["/", "\\", "?", "#", "..", " ", "\t", "\n", "\r", "\x00", "\x7f", "\u2028", "\u3000"]
+
+
+@PROFILE
+@given(value=st.text(max_size=300) | st.integers() | st.none() | st.binary(max_size=10))
+def test_resource_id_validation_accepts_exactly_the_documented_set(value):
+    """Accepted iff a 1-256 char printable string without ``/ \\ ? #``, whitespace or ``..``; never another error."""
+    from airflow_provider_modelarts.exceptions import ModelArtsValidationError
+    from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
+
+    documented_ok = (
+        isinstance(value, str)
+        and 1 <= len(value) <= 256
+        and value != "."
+        and ".." not in value
+        and not any(c in "/\\?#" or c.isspace() or not c.isprintable() for c in value)
+    )
+    try:
+        assert validate_resource_id(value, "task_id") == value
+        accepted = True
+    except ModelArtsValidationError as e:
+        assert "task_id" in str(e)
+        accepted = False
+    assert accepted == documented_ok, value
+
+
+@PROFILE
+@given(prefix=st.text(max_size=20), bad=st.sampled_from(FORBIDDEN_IN_IDS), suffix=st.text(max_size=20))
+def test_any_id_with_a_forbidden_part_is_rejected(prefix, bad, suffix):
+    from airflow_provider_modelarts.exceptions import ModelArtsValidationError
+    from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
+
+    with pytest.raises(ModelArtsValidationError):
+        validate_resource_id(prefix + bad + suffix)
+
+
+@PROFILE
+@given(value=st.text(max_size=80))
+def test_project_id_validation(value):
+    import re
+
+    from airflow_provider_modelarts.exceptions import ModelArtsValidationError
+    from airflow_provider_modelarts.hooks.modelarts import validate_project_id
+
+    ok = re.fullmatch(r"[A-Za-z0-9-]{1,64}", value) is not None
+    try:
+        validate_project_id(value)
+        accepted = True
+    except ModelArtsValidationError:
+        accepted = False
+    assert accepted == ok
+
+
+valid_ids = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="/\\?#"),
+    min_size=1,
+    max_size=40,
+).filter(lambda v: ".." not in v and v != "." and v.isprintable())
+
+
+@pytest.mark.timeout(120)
+def test_accepted_ids_stay_one_path_segment_on_the_wire(monkeypatch):
+    """Whatever id passes validation, the request the server sees is ``/v2/{pid}/training-jobs/<one segment>``
+    that decodes back to the id: no traversal, no query or fragment smuggling."""
+    import json
+
+    import tenacity
+
+    from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+    from tests.reliability._servers import Answer, ScriptedServer
+
     pid = "0123456789abcdef0123456789abcdef"
-    signer = auth.AkSkSigner(AK, SK, project_id=pid)
-    headers = {"Content-Type": "application/json", "X-Sdk-Date": DATE}
-    if vector == "v1":
-        signed = signer.sign(
-            "GET",
-            f"https://{HOST}/v2/{pid}/training-jobs/2cd88daa-31a4-40a8-a58f-d186b0e93e4f",
-            headers=headers,
+    body = json.dumps({"metadata": {"id": "x"}, "status": {"phase": "Running", "tasks": []}})
+    with ScriptedServer(lambda method, path: Answer(body=body)) as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MODELARTS_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "modelarts",
+                    "login": AK,
+                    "password": SK,
+                    "extra": {"project_id": pid, "endpoint": server.url},
+                }
+            ),
         )
-    else:
-        signed = signer.sign(
-            "POST",
-            f"https://{HOST}/v2/{pid}/training-job-searches",
-            params=[("limit", 1), ("name", "a b/c~*")],
-            headers=headers,
-            body=b'{"offset":0,"limit":1}',
-        )
-        assert urlsplit(signed.url).query == "limit=1&name=a%20b%2Fc~%2A"
-    assert signed.headers["Authorization"].endswith(f"Signature={signature}")
+        hook = ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, timeout=5)
+
+        @settings(max_examples=100, deadline=None)
+        @given(job_id=valid_ids)
+        def check(job_id):
+            server.requests.clear()
+            hook.get_training_job(job_id)
+            [(_, raw_path, _)] = server.requests
+            prefix = f"/v2/{pid}/training-jobs/"
+            assert raw_path.startswith(prefix), raw_path
+            segment = raw_path[len(prefix) :]
+            assert "/" not in segment and "?" not in segment and "#" not in segment, raw_path
+            assert unquote(segment) == job_id
+
+        check()

@@ -155,7 +155,12 @@ class ModelArtsEmulator:
         self._server = server
         self.port = server.server_address[1]
         self._load_jobs(self.now())
-        self._thread = threading.Thread(target=server.serve_forever, name="modelarts-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="modelarts-emulator",
+            daemon=True,
+        )
         self._thread.start()
         return self.url
 

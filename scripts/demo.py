@@ -16,6 +16,7 @@ Re-running is safe: the demo jobs' folders in the archive are replaced, nothing 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import queue
@@ -79,6 +80,9 @@ def plans(archive: Path, smtp_port: int | None) -> list[DagRunPlan]:
             if smtp_port
             else common,
         ),
+        # Lists the jobs that finished in the run's data interval (both demo jobs) and archives each one;
+        # the completed job is already archived intact, so it is skipped.
+        DagRunPlan("example_modelarts_scheduled_archival", env=common),
     ]
 
 
@@ -253,7 +257,13 @@ def airflow_env(home: Path, emulator_url: str, smtp_port: int | None) -> dict[st
                 "conn_type": "smtp",
                 "host": "127.0.0.1",
                 "port": smtp_port,
-                "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@example.com"},
+                "extra": {
+                    "disable_tls": True,
+                    "disable_ssl": True,
+                    "from_email": "airflow@example.com",
+                    "timeout": 10,
+                    "retry_limit": 0,
+                },
             }
         )
         env["AIRFLOW__SMTP__SMTP_HOST"] = "127.0.0.1"
@@ -266,20 +276,25 @@ def airflow_env(home: Path, emulator_url: str, smtp_port: int | None) -> dict[st
 
 _LOG_LINE = re.compile(r"^\S+Z \[(?P<level>\w+)\s*\] (?P<msg>.*?)\s+\[(?P<logger>[\w.]+)\](?P<rest>.*)$")
 _STATE = re.compile(r"new_state=(\w+)")
-_TASK = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+_TASK = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
+_EXCEPTION = re.compile(
+    r"^(?P<name>(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failed)): (?P<msg>.+)$"
+)
 
 
 def summarise(line: str) -> str | None:
     """The console version of one line of ``airflow dags test`` output, or None to keep it in the log only."""
     match = _LOG_LINE.match(line.rstrip())
     if not match:
-        return None
+        # The last line of a traceback names the exception and its message.
+        error = _EXCEPTION.match(line.rstrip())
+        return f"  {error['name'].rsplit('.', 1)[-1]}: {error['msg'][:200]}" if error else None
     msg, logger, rest = match["msg"], match["logger"], match["rest"]
     if task := _TASK.search(msg):
-        return f"task {task[1]} started"
+        return f"task {task[1]}{f'[{task[2]}]' if task[2] != '-1' else ''} started"
     if msg.startswith("Task instance state updated") and (state := _STATE.search(rest)):
         return f"  -> {state[1]}" if state[1] in ("success", "failed", "deferred", "skipped") else None
-    if "modelarts" in logger.lower() or msg.startswith("Task failed with exception"):
+    if "modelarts" in logger.lower():
         return f"  {msg[:150]}"
     return None
 
@@ -344,14 +359,15 @@ def dag_run_state(db: Path, dag_id: str) -> str | None:
 
 
 def task_states(db: Path, dag_id: str) -> list[tuple[str, str]]:
-    return query(
+    rows = query(
         db,
-        "SELECT ti.task_id, ti.state FROM task_instance ti JOIN dag_run dr "
+        "SELECT ti.task_id, ti.map_index, ti.state FROM task_instance ti JOIN dag_run dr "
         "ON ti.dag_id = dr.dag_id AND ti.run_id = dr.run_id WHERE ti.dag_id = ? "
         "AND dr.id = (SELECT MAX(id) FROM dag_run WHERE dag_id = ?) ORDER BY ti.start_date",
         dag_id,
         dag_id,
     )
+    return [(f"{task}[{index}]" if index >= 0 else task, state) for task, index, state in rows]
 
 
 def _links_in(value: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -390,7 +406,7 @@ def xcom_links(db: Path, dag_ids: list[str]) -> list[tuple[str, str, str, str, d
 
 
 def manifests(archive: Path, job_ids: list[str]) -> list[Path]:
-    return sorted(p for job in job_ids for p in (archive / job).rglob("manifest.json"))
+    return [p for job in job_ids for p in sorted((archive / job).rglob("manifest.json"))]
 
 
 def show_results(
@@ -432,7 +448,9 @@ def show_results(
             progress.detail(f"To: {msg['To']}  Subject: {msg['Subject']}")
             body = msg.get_body(preferencelist=("plain", "html"))
             text = body.get_content() if body is not None else ""
-            for line in text.strip().splitlines()[:25]:
+            if body is not None and body.get_content_subtype() == "html":
+                text = html.unescape(re.sub(r"<[^>]+>", "", text))
+            for line in [line for line in text.strip().splitlines() if line.strip()][:25]:
                 progress.detail(f"  | {line[:140]}")
 
 

@@ -39,6 +39,7 @@ DESTINATION = "{{ var.value.get('modelarts_archive_destination', '" + DEFAULT_DE
 
 TASK_LOGS_ARCHIVED = Asset("modelarts_task_logs")
 
+# [START howto_quickstart_archive_dag]
 with DAG(
     dag_id="example_modelarts_archive_logs",
     schedule=None,
@@ -68,3 +69,4 @@ with DAG(
             print(f"  {entry['task_id']}: {entry['size']} bytes, sha256 {entry['sha256']} -> {entry['uri']}")
 
     report(archive_task_logs.output)
+# [END howto_quickstart_archive_dag]

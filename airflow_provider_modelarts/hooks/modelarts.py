@@ -17,12 +17,12 @@ import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
@@ -53,9 +53,6 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsTransportError,
     ModelArtsValidationError,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -286,30 +283,45 @@ class ModelArtsConnectionConfig:
     max_retries: int = DEFAULT_MAX_RETRIES
 
     @classmethod
-    def from_connection(cls, conn: Any) -> ModelArtsConnectionConfig:
+    def from_connection(
+        cls, conn: Any, *, mask: Callable[[str], None] | None = None
+    ) -> ModelArtsConnectionConfig:
         """Parse an Airflow connection object (``login``, ``password``, ``extra``).
 
         :param conn: the connection.
+        :param mask: registers a secret with the masker (default ``mask_secret``).
         """
         return cls.from_fields(
             login=getattr(conn, "login", None),
             password=getattr(conn, "password", None),
             extra=getattr(conn, "extra", None),
+            mask=mask,
         )
 
     @classmethod
-    def from_fields(cls, *, login: str | None, password: str | None, extra: Any) -> ModelArtsConnectionConfig:
+    def from_fields(
+        cls,
+        *,
+        login: str | None,
+        password: str | None,
+        extra: Any,
+        mask: Callable[[str], None] | None = None,
+    ) -> ModelArtsConnectionConfig:
         """Parse the connection fields; raise :class:`ModelArtsConfigError` naming the first bad field.
 
         :param login: AK (aksk) or IAM user name (token).
         :param password: SK (aksk) or IAM password (token).
         :param extra: the extra, as a dict or a JSON object string.
+        :param mask: registers a secret with the masker (default ``mask_secret``).
         """
+        register = mask or mask_secret
+        if isinstance(password, str) and password:
+            register(password)
         extras = _parse_extra(extra)
         # Register secrets before anything else can fail and print them.
-        for secret in (password, extras.get("security_token")):
-            if isinstance(secret, str) and secret:
-                mask_secret(secret)
+        security_token = extras.get("security_token")
+        if isinstance(security_token, str) and security_token:
+            register(security_token)
 
         if "project_id" not in extras or extras["project_id"] in (None, ""):
             raise ModelArtsConfigError(
@@ -445,23 +457,51 @@ def _warn_verify_disabled() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def mask_signed_url(url: str) -> None:
-    """Register the secret parts of a pre-signed OBS URL with Airflow's secret masker.
+def signed_url_secrets(url: str) -> list[str]:
+    """The secret parts of a pre-signed OBS URL in every form a log line may show.
 
-    ``Signature``, ``X-Amz-Signature`` and ``x-obs-security-token``/``x-amz-security-token`` values are
-    masked raw (as they appear in the URL), decoded and URL-encoded.
+    ``Signature``, ``X-Amz-Signature`` and ``x-obs-security-token``/``x-amz-security-token`` values, raw
+    (as they appear in the URL), decoded and URL-encoded.
 
     :param url: the signed URL.
     """
+    secrets: list[str] = []
     for raw_pair in urlsplit(url).query.split("&"):
         name, sep, raw_value = raw_pair.partition("=")
         if not sep or unquote(name).lower() not in _SIGNED_URL_SECRET_PARAMS or not raw_value:
             continue
         decoded = unquote(raw_value.replace("+", " "))
-        forms = {raw_value, unquote(raw_value), decoded, quote(decoded, safe=""), quote(decoded, safe="~")}
-        for form in forms:
-            if form:
-                mask_secret(form)
+        for form in (
+            raw_value,
+            unquote(raw_value),
+            decoded,
+            quote(decoded, safe=""),
+            quote(decoded, safe="~"),
+        ):
+            if form and form not in secrets:
+                secrets.append(form)
+    return secrets
+
+
+def mask_signed_url(url: str, mask: Callable[[str], None] | None = None) -> None:
+    """Register the secret parts of a pre-signed OBS URL (see :func:`signed_url_secrets`) with the masker.
+
+    :param url: the signed URL.
+    :param mask: registers one secret (default ``mask_secret``).
+    """
+    register = mask or mask_secret
+    for secret in signed_url_secrets(url):
+        register(secret)
+
+
+async def _amask(secret: str) -> None:
+    """Register a secret from async code without blocking the triggerer's event loop."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:
+        mask_secret(secret)
+    else:
+        await amask_secret(secret)
 
 
 def redact_url(url: str) -> str:
@@ -790,7 +830,9 @@ class _ModelArtsBase:
         return (f"{call.url}?{query}" if query else call.url), headers, call.body
 
     @staticmethod
-    def _parse_token(status: int, headers: Mapping[str, str], body: bytes) -> IamToken:
+    def _parse_token(
+        status: int, headers: Mapping[str, str], body: bytes, mask: Callable[[str], None] | None = None
+    ) -> IamToken:
         try:
             token = parse_token_response(headers, body)
         except TokenResponseError as err:
@@ -799,7 +841,7 @@ class _ModelArtsBase:
                 status_code=status,
                 request_id=_header(headers, "X-Request-Id"),
             ) from err
-        mask_secret(token.token)
+        (mask or mask_secret)(token.token)
         return token
 
     @staticmethod
@@ -828,7 +870,13 @@ class _ModelArtsBase:
         return payload
 
     @staticmethod
-    def _log_url_from(call: _Call, payload: Any, status: int, request_id: str | None) -> str:
+    def _log_url_from(
+        call: _Call,
+        payload: Any,
+        status: int,
+        request_id: str | None,
+        mask: Callable[[str], None] | None = None,
+    ) -> str:
         if not isinstance(payload, dict) or "obs_url" not in payload:
             raise ModelArtsResponseError(
                 f"ModelArts {call.method} {call.path} answered without obs_url",
@@ -840,7 +888,7 @@ class _ModelArtsBase:
         url = _validate_http_url(
             payload["obs_url"], what="obs_url", status_code=status, request_id=request_id
         )
-        mask_signed_url(url)
+        mask_signed_url(url, mask)
         return url
 
     @staticmethod
@@ -1326,7 +1374,12 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
                 conn = await getter(self.modelarts_conn_id)
             else:
                 conn = await asyncio.to_thread(self.get_connection, self.modelarts_conn_id)
-            config = ModelArtsConnectionConfig.from_connection(conn)
+            secrets: list[str] = []
+            try:
+                config = ModelArtsConnectionConfig.from_connection(conn, mask=secrets.append)
+            finally:
+                for secret in secrets:
+                    await _amask(secret)
             if config.verify is False:
                 _warn_verify_disabled()
             self._config = config
@@ -1399,7 +1452,12 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             if cached is not None:
                 return cached.token
             response = await self._send(self._token_call(config))
-            token = self._parse_token(response.status_code, response.headers, response.content)
+            secrets: list[str] = []
+            token = self._parse_token(
+                response.status_code, response.headers, response.content, secrets.append
+            )
+            for secret in secrets:
+                await _amask(secret)
             TOKEN_CACHE.store(config.token_key, token)
             return token.token
 
@@ -1443,4 +1501,10 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             content_type="application/octet-stream" if download else "text/plain",
         )
         payload, response = await self._api_json(call)
-        return self._log_url_from(call, payload, response.status_code, response.headers.get("X-Request-Id"))
+        secrets: list[str] = []
+        url = self._log_url_from(
+            call, payload, response.status_code, response.headers.get("X-Request-Id"), secrets.append
+        )
+        for secret in secrets:
+            await _amask(secret)
+        return url

@@ -989,7 +989,9 @@ class TestAsyncHook:
             return httpx.Response(200, json={"ok": True})
 
         hook, rec = self._hook(handler)
-        assert _run(hook.get_training_job("job-1")) == {"ok": True}
+        with mock.patch.object(hook_module, "_amask", new_callable=mock.AsyncMock) as amask:
+            assert _run(hook.get_training_job("job-1")) == {"ok": True}
+        assert {"ASYNC-NEW-TOKEN", "iam-password-123"} <= {c.args[0] for c in amask.await_args_list}
         assert [r.url.path for r in rec.requests] == [
             f"/v2/{PID}/training-jobs/job-1",
             "/v3/auth/tokens",
@@ -1000,10 +1002,16 @@ class TestAsyncHook:
     def test_get_task_log_url(self, use_conn):
         use_conn(_aksk_conn())
         hook, rec = self._hook(lambda req, n: httpx.Response(200, json={"obs_url": LOG_LINK}))
-        with mock.patch.object(hook_module, "mask_secret") as mask:
+        with (
+            mock.patch.object(hook_module, "_amask", new_callable=mock.AsyncMock) as amask,
+            mock.patch.object(hook_module, "mask_secret") as sync_mask,
+        ):
             assert _run(hook.get_task_log_url("job-1", "worker-0", download=True)) == LOG_LINK
         assert rec.requests[0].headers["Content-Type"] == "application/octet-stream"
-        assert SIGNATURE in {c.args[0] for c in mask.call_args_list}
+        masked = {c.args[0] for c in amask.await_args_list}
+        assert {SIGNATURE, SK} <= masked
+        # async code never calls the blocking mask_secret
+        assert sync_mask.call_count == 0
 
     def test_bad_body(self, use_conn):
         use_conn(_aksk_conn())

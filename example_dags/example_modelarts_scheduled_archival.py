@@ -2,7 +2,8 @@
 
 ``finished_training_jobs`` lists terminal jobs through ``ModelArtsHook.list_training_jobs`` (created in
 the last ``MODELARTS_ARCHIVE_LOOKBACK_HOURS`` hours, default 168) and keeps those whose end time falls in
-the run's data interval; ``archive_task_logs`` is mapped over them (dynamic task mapping), one mapped
+the run's data interval (a manual run, whose interval is empty, covers the hour before its logical date);
+``archive_task_logs`` is mapped over them (dynamic task mapping), one mapped
 task instance per job, at most ``max_active_tis_per_dag`` at a time. Re-runs of an interval are cheap:
 logs already archived intact are skipped.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Variable, task
@@ -31,6 +32,7 @@ DESTINATION = "{{ var.value.get('modelarts_archive_destination', '" + DEFAULT_DE
 DESTINATION_CONN_ID = os.environ.get("MODELARTS_ARCHIVE_CONN_ID") or None
 COMPRESSION = os.environ.get("MODELARTS_ARCHIVE_COMPRESSION") or None
 DEFAULT_LOOKBACK_HOURS = os.environ.get("MODELARTS_ARCHIVE_LOOKBACK_HOURS", "168")
+INTERVAL = timedelta(hours=1)
 
 
 def finished_at_ms(job: dict[str, Any]) -> int:
@@ -55,6 +57,8 @@ with DAG(
     @task
     def finished_training_jobs(data_interval_start=None, data_interval_end=None) -> list[str]:
         """Ids of the jobs that reached a terminal phase in this run's data interval."""
+        if data_interval_start == data_interval_end:  # a manual run: cover the hour before its logical date
+            data_interval_start = data_interval_end - INTERVAL
         lookback_h = float(Variable.get("modelarts_archive_lookback_hours", DEFAULT_LOOKBACK_HOURS))
         start_ms = int(data_interval_start.timestamp() * 1000)
         end_ms = int(data_interval_end.timestamp() * 1000)

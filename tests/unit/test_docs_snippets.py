@@ -7,6 +7,7 @@ after editing an example DAG, run ``python -m tests.unit.test_docs_snippets --wr
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 import textwrap
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 MARKER = re.compile(r"^<!--\s*snippet:\s*(?P<path>[^#\s]+)#(?P<name>[\w.-]+)\s*-->\s*$")
 FENCE_OPEN = re.compile(r"^```python\s*$")
+NESTED_MARKER = re.compile(r"^# \[(START|END) [\w.-]+\]$")
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ def find_snippets(doc: Path) -> list[Snippet]:
 
 
 def region(source: Path, name: str) -> str:
-    """The dedented lines strictly between ``# [START name]`` and ``# [END name]``."""
+    """The dedented lines strictly between ``# [START name]`` and ``# [END name]``.
+
+    Marker lines of other regions nested inside are left out.
+    """
     lines = source.read_text(encoding="utf-8").splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip() == f"# [START {name}]"]
     ends = [i for i, line in enumerate(lines) if line.strip() == f"# [END {name}]"]
@@ -71,7 +76,8 @@ def region(source: Path, name: str) -> str:
         )
     if ends[0] <= starts[0]:
         raise AssertionError(f"{source.name}: '# [END {name}]' comes before its START")
-    return textwrap.dedent("\n".join(lines[starts[0] + 1 : ends[0]])).strip("\n")
+    body = [line for line in lines[starts[0] + 1 : ends[0]] if not NESTED_MARKER.match(line.strip())]
+    return textwrap.dedent("\n".join(body)).strip("\n")
 
 
 def all_snippets() -> list[Snippet]:
@@ -102,12 +108,37 @@ def test_snippet_matches_example_dag(snippet: Snippet):
     )
 
 
+def python_blocks(doc: Path) -> list[tuple[int, str]]:
+    """(line, code) of every fenced python block of one Markdown file."""
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    blocks, start = [], None
+    for i, line in enumerate(lines):
+        if start is None and FENCE_OPEN.match(line.strip()):
+            start = i + 1
+        elif start is not None and line.strip() == "```":
+            blocks.append((start, "\n".join(lines[start:i])))
+            start = None
+    return blocks
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)
+def test_every_python_block_parses(doc: Path):
+    """Samples that are not copied from an example DAG are at least valid Python."""
+    for line, code in python_blocks(doc):
+        try:
+            ast.parse(textwrap.dedent(code))
+        except SyntaxError as e:
+            pytest.fail(f"{doc.name}:{line + (e.lineno or 0)}: {e.msg}")
+
+
 def test_region_extraction_dedents_and_rejects_duplicates(tmp_path):
     dag = tmp_path / "dag.py"
     dag.write_text(
-        "with x:\n    # [START a]\n    foo()\n\n    bar()\n    # [END a]\n# [START b]\n# [START b]\n"
+        "with x:\n    # [START a]\n    foo()\n    # [START inner]\n\n    bar()\n    # [END inner]\n"
+        "    # [END a]\n# [START b]\n# [START b]\n"
     )
     assert region(dag, "a") == "foo()\n\nbar()"
+    assert region(dag, "inner") == "bar()"
     with pytest.raises(AssertionError, match="exactly one"):
         region(dag, "b")
     with pytest.raises(AssertionError, match="exactly one"):

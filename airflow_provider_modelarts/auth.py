@@ -178,8 +178,7 @@ def signature(secret_key: str, to_sign: str) -> str:
 
 
 def _wire_header_value(value: str) -> str:
-    # The SDK sends header values stripped and re-encodes non-ASCII as UTF-8 bytes read as latin-1.
-    return str(value).strip().encode("utf-8").decode("iso-8859-1")
+    return value.encode("utf-8").decode("iso-8859-1")
 
 
 @dataclass(frozen=True)
@@ -261,7 +260,7 @@ class AkSkSigner:
             out[HEADER_DATE] = date
         if _header(out, "Host") is None:
             out["Host"] = parts.netloc
-        out = {name: _wire_header_value(value) for name, value in out.items()}
+        out = {name: str(value).strip() for name, value in out.items()}
 
         signed = signed_header_names(out)
         canonical = "\n".join(
@@ -278,8 +277,10 @@ class AkSkSigner:
         out[HEADER_AUTHORIZATION] = (
             f"{ALGORITHM} Access={self.access_key}, SignedHeaders={';'.join(signed)}, Signature={sig}"
         )
+        # Like the SDK: the text is signed, the wire carries its UTF-8 bytes read as latin-1.
+        wire = {name: _wire_header_value(value) for name, value in out.items()}
         sent_url = urlunsplit((parts.scheme, parts.netloc, parts.path, canonical_query(pairs), ""))
-        return SignedRequest(method=method.upper(), url=sent_url, headers=out, body=data)
+        return SignedRequest(method=method.upper(), url=sent_url, headers=wire, body=data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -238,6 +238,16 @@ class TestCanonicalisation:
         )
         assert ours.headers["Authorization"] == theirs
 
+    def test_non_ascii_header_signed_as_text_like_official_sdk(self):
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "airflow/\u00fcn\u00efc\u00f8d\u00e9",
+            "X-Sdk-Date": DATE,
+        }
+        ours = AkSkSigner(AK, SK, project_id=PID).sign("GET", "http://h:1/v2/p", headers=headers)
+        theirs = _sdk_signature("GET", "h:1", "/v2/p", [], {**headers, "X-Project-Id": PID})
+        assert ours.headers["Authorization"] == theirs
+
     def test_signer_requires_keys_and_hides_sk(self):
         with pytest.raises(ValueError, match="access_key"):
             AkSkSigner("", SK)

@@ -1058,27 +1058,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def stream(self, log: LogSource, start: int, end: int, limit: int | None) -> None:
-        """Send bytes ``[start, end)`` of a log straight to the socket, stopping after ``limit`` bytes."""
+        """Send bytes ``[start, end)`` of a log straight to the socket, stopping after ``limit`` bytes.
+
+        ``bytes_served`` grows before each write, so a client that has read the bytes sees them counted.
+        """
         sock = self.connection
+        counters = self.server.emulator.counters
         sent = 0
-        try:
-            pending: list[bytes | memoryview] = []
-            pending_size = 0
-            for chunk in log.iter_range(start, end):
-                if limit is not None and sent + pending_size + len(chunk) > limit:
-                    cut = chunk[: limit - sent - pending_size]
-                    pending.append(cut)
-                    pending_size += len(cut)
-                    break
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= WRITE_CHUNK:
-                    sent += _send_all(sock, pending)
-                    pending, pending_size = [], 0
-            if pending:
+        pending: list[bytes | memoryview] = []
+        pending_size = 0
+        for chunk in log.iter_range(start, end):
+            if limit is not None and sent + pending_size + len(chunk) > limit:
+                cut = chunk[: limit - sent - pending_size]
+                pending.append(cut)
+                pending_size += len(cut)
+                break
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= WRITE_CHUNK:
+                counters.add("bytes_served", pending_size)
                 sent += _send_all(sock, pending)
-        finally:
-            self.server.emulator.counters.add("bytes_served", sent)
+                pending, pending_size = [], 0
+        if pending:
+            counters.add("bytes_served", pending_size)
+            sent += _send_all(sock, pending)
         if limit is not None and sent < end - start:
             self.close_connection = True
             with contextlib.suppress(OSError):

@@ -156,7 +156,7 @@ def _validate_base_url(value: Any, field_name: str) -> str:
     url = value.strip().rstrip("/")
     parts = urlsplit(url)
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
     except ValueError as err:
         raise ModelArtsConfigError(f"extra '{field_name}' has an invalid port: {url!r}") from err
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -168,7 +168,6 @@ def _validate_base_url(value: Any, field_name: str) -> str:
             f"extra '{field_name}' must be scheme://host[:port] with no path, query or credentials, "
             f"got {url!r}"
         )
-    del port
     return url
 
 

@@ -36,7 +36,7 @@ class ModelArtsApiError(ModelArtsError):
         method: str | None = None,
         path: str | None = None,
     ) -> None:
-        self.status_code = status_code
+        self.status_code = status_code  # type: ignore[assignment]  # the HTTP status ModelArts answered
         self.error_code = error_code
         self.error_msg = error_msg
         self.request_id = request_id

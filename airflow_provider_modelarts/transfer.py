@@ -34,7 +34,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from string import Formatter
@@ -222,27 +222,43 @@ class TaskArchive:
 
 
 class _Encoder:
-    """Hashes the original bytes, optionally gzips them, hashes and counts what is stored."""
+    """Hashes the original bytes, optionally gzips them, hashes and counts what is stored.
 
-    def __init__(self, compression: str | None) -> None:
+    sha256 of the original runs on a helper thread (hashlib releases the GIL for large buffers), so
+    hashing chunk *n* overlaps with reading chunk *n+1* from the socket and writing chunk *n*.
+    """
+
+    def __init__(self, compression: str | None, pool: ThreadPoolExecutor) -> None:
         self.compression = compression
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.stored_sha256 = hashlib.sha256()
         self.stored_size = 0
+        self._pool = pool
+        self._pending: Future[None] | None = None
         # wbits=31: gzip container; zlib writes mtime 0, so the output is reproducible.
         self._z = zlib.compressobj(6, zlib.DEFLATED, 31) if compression == "gzip" else None
 
     def feed(self, chunk: bytes) -> bytes:
-        self.sha256.update(chunk)
         self.size += len(chunk)
-        out = self._z.compress(chunk) if self._z is not None else chunk
-        if out and self._z is not None:
+        self.drain()
+        self._pending = self._pool.submit(self.sha256.update, chunk)
+        if self._z is None:
+            return chunk
+        out = self._z.compress(chunk)
+        if out:
             self.stored_sha256.update(out)
             self.stored_size += len(out)
         return out
 
+    def drain(self) -> None:
+        """Wait until every fed chunk is hashed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def finish(self) -> bytes:
+        self.drain()
         if self._z is None:
             return b""
         out = self._z.flush()
@@ -326,7 +342,8 @@ def archive_task_log(
     label = f"{training_job_id}/{task_id}"
     started = clock()
     progress = _Progress(label, progress_interval, clock)
-    enc = _Encoder(compression)
+    hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelarts-sha256")
+    enc = _Encoder(compression, hash_pool)
     staged: StagedObject | None = None
     url: str | None = None
     offset = 0
@@ -366,7 +383,8 @@ def archive_task_log(
         if staged is not None:
             staged.discard()
             staged = None
-        enc = _Encoder(compression)
+        enc.drain()
+        enc = _Encoder(compression, hash_pool)
         offset = 0
         must_restart = False
 
@@ -483,6 +501,8 @@ def archive_task_log(
         if staged is not None:
             staged.discard()
         raise
+    finally:
+        hash_pool.shutdown(wait=True)
     seconds = clock() - started
     sha = enc.sha256.hexdigest()
     result = TaskArchive(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -17,10 +18,10 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsNotFoundError,
     ModelArtsResponseError,
 )
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
 from airflow_provider_modelarts.states import TrainingJobPhase
 
-if TYPE_CHECKING:
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
+log = logging.getLogger(__name__)
 
 DEFAULT_SUCCESS_PHASES: tuple[str, ...] = (TrainingJobPhase.COMPLETED.value,)
 DEFAULT_FAILURE_PHASES: tuple[str, ...] = (
@@ -105,44 +106,83 @@ def is_transient_error(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError)
 
 
+@dataclass
+class _SharedHook:
+    hook: ModelArtsAsyncHook
+    in_flight: asyncio.Semaphore
+    users: int = 0
+    ready: asyncio.Lock = field(default_factory=asyncio.Lock)
+    prepared: bool = False
+
+
 class _SharedHooks:
     """One ``ModelArtsAsyncHook`` (so one httpx client) per event loop and connection id.
 
     Hundreds of triggers watching jobs in one triggerer share a connection pool instead of each
-    opening its own; the last trigger to leave closes the client.
+    opening its own; the last trigger to leave closes the client. A semaphore caps the polls in
+    flight per client: httpcore's pool does work proportional to its queue length for every request
+    it assigns, so hundreds of simultaneous requests queued inside it cost quadratic CPU on the event
+    loop, while waiting on a semaphore costs nothing.
     """
 
-    def __init__(self) -> None:
-        self._hooks: dict[tuple[int, str], list[Any]] = {}
+    max_in_flight = 32
 
-    def acquire(self, conn_id: str, factory: Any) -> ModelArtsAsyncHook:
+    def __init__(self) -> None:
+        self._hooks: dict[tuple[int, str], _SharedHook] = {}
+
+    async def acquire(self, conn_id: str, factory: Any) -> _SharedHook:
         key = (id(asyncio.get_running_loop()), conn_id)
         entry = self._hooks.get(key)
         if entry is None:
-            entry = self._hooks[key] = [factory(conn_id), 0]
-        entry[1] += 1
-        return entry[0]
+            entry = self._hooks[key] = _SharedHook(factory(conn_id), asyncio.Semaphore(self.max_in_flight))
+        entry.users += 1
+        try:
+            if not entry.prepared:
+                async with entry.ready:
+                    if not entry.prepared:
+                        await _prepare_client(entry.hook)
+                        entry.prepared = True
+        except BaseException:
+            await self.release(conn_id)
+            raise
+        return entry
 
     async def release(self, conn_id: str) -> None:
         key = (id(asyncio.get_running_loop()), conn_id)
         entry = self._hooks.get(key)
         if entry is None:
             return
-        entry[1] -= 1
-        if entry[1] <= 0:
+        entry.users -= 1
+        if entry.users <= 0:
             del self._hooks[key]
-            await entry[0].close()
+            await entry.hook.close()
 
     def __len__(self) -> int:
         return len(self._hooks)
+
+
+async def _prepare_client(hook: Any) -> None:
+    """Read the connection and build the HTTP client off the event loop.
+
+    Building an ``httpx`` client loads the CA bundle into a new SSL context, which takes 50-100 ms of
+    CPU: done inline by the first poll it would stall every other trigger of the triggerer.
+    """
+    get_config = getattr(hook, "get_config", None)
+    get_client = getattr(hook, "_get_client", None)
+    if get_config is None or get_client is None:
+        return
+    try:
+        config = await get_config()
+        await asyncio.to_thread(get_client, config)
+    except Exception as e:
+        # The first poll will meet (and report) the same problem.
+        log.debug("Could not prepare the ModelArts HTTP client ahead of the first poll: %s", e)
 
 
 shared_hooks = _SharedHooks()
 
 
 def _default_hook_factory(conn_id: str) -> ModelArtsAsyncHook:
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
-
     # One attempt per poll: the trigger's own loop is the retry loop, so a throttled or failing
     # API costs one request per poll_interval instead of a burst of backed-off retries.
     return ModelArtsAsyncHook(conn_id, max_retries=0)
@@ -203,16 +243,16 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            hook = shared_hooks.acquire(self.modelarts_conn_id, self.hook_factory)
+            shared = await shared_hooks.acquire(self.modelarts_conn_id, self.hook_factory)
         except Exception as e:
             yield self._event("error", None, f"Cannot watch training job {self.training_job_id}: {e}")
             return
         try:
-            yield await self._wait(hook)
+            yield await self._wait(shared.hook, shared.in_flight)
         finally:
             await shared_hooks.release(self.modelarts_conn_id)
 
-    async def _wait(self, hook: ModelArtsAsyncHook) -> TriggerEvent:
+    async def _wait(self, hook: ModelArtsAsyncHook, in_flight: asyncio.Semaphore) -> TriggerEvent:
         phase: str | None = None
         transient_errors = 0
         while True:
@@ -223,7 +263,8 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
                     f"Timed out waiting for training job {self.training_job_id} (last phase: {phase})",
                 )
             try:
-                job = await hook.get_training_job(self.training_job_id)
+                async with in_flight:
+                    job = await hook.get_training_job(self.training_job_id)
                 outcome = evaluate_training_job(
                     job,
                     training_job_id=self.training_job_id,

@@ -289,9 +289,6 @@ def test_default_hook_factory_uses_single_attempt(monkeypatch):
         def __init__(self, conn_id, **kwargs):
             seen.update(conn_id=conn_id, **kwargs)
 
-    import types
-
-    fake_module = types.SimpleNamespace(ModelArtsAsyncHook=Recorder)
-    monkeypatch.setitem(__import__("sys").modules, "airflow_provider_modelarts.hooks.modelarts", fake_module)
+    monkeypatch.setattr(trigger_module, "ModelArtsAsyncHook", Recorder)
     trigger_module._default_hook_factory("c1")
     assert seen == {"conn_id": "c1", "max_retries": 0}

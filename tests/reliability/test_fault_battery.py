@@ -228,7 +228,7 @@ def test_sigkill_mid_stream_then_rerun_is_complete(emulator_factory, monkeypatch
     # The re-run completes and verifies; leftovers of the killed run are not taken as archives.
     rerun = _archive(dest, "job-kill", max_workers=2)
     # No manifest survived the kill, so nothing may be skipped as "already archived".
-    assert not any(t.get("skipped") for t in rerun.to_xcom()["tasks"]), rerun.to_xcom()
+    assert rerun.tasks and not any(t.skipped for t in rerun.tasks), rerun.tasks
     final_files = sorted(p.name for p in job_dir.iterdir() if not p.name.startswith("."))
     assert final_files == ["manifest.json", "worker-0.log", "worker-1.log"]
     for task in tasks:

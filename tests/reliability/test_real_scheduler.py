@@ -258,3 +258,74 @@ def test_deferral_crosses_scheduler_worker_and_triggerer(tmp_path: Path) -> None
         assert (marker_dir / f"{run_id}.done").read_text() == "write_marker"
         _assert_went_through_triggerer(cluster, dag_id, run_id, "wait_deferred")
     print(f"real scheduler smoke run: {time.monotonic() - started:.1f}s end to end")
+
+
+def test_provider_deferrable_sensor_and_archive_through_real_scheduler(
+    tmp_path: Path, emulator_factory
+) -> None:
+    """``example_modelarts_after_training`` end to end: the deferrable sensor waits in the separate triggerer,
+    the log links it pushes are used by a downstream task, and the archive lands complete and verified."""
+    import json
+    import shutil
+
+    from airflow_provider_modelarts.emulator import DEFAULT_SK
+    from tests.reliability._secrets import find_leaks, read_tree
+
+    dag_id = "example_modelarts_after_training"
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(REPO_ROOT / "example_dags" / f"{dag_id}.py", dags)
+    archive = tmp_path / "archive"
+    emu = emulator_factory({"jobs": []})
+    job_id = "rs-train"
+    tasks = {"worker-0": 3 * 1024 * 1024 + 17, "worker-1": 1024 * 1024}
+    env = {
+        "AIRFLOW_CONN_MODELARTS_DEFAULT": emu.connection_json(),
+        "MODELARTS_TRAINING_JOB_ID": job_id,
+        "MODELARTS_ARCHIVE_DESTINATION": archive.as_uri(),
+        "MODELARTS_POLL_INTERVAL": "1",
+    }
+    run_id = "reliability_provider_1"
+    with airflow_cluster(tmp_path / "home", dags, env) as cluster:
+        # The job starts now and finishes ~35 s later (CLI, scheduling and worker start take 10-20 s on
+        # 2 cores), so the sensor finds it still running and defers.
+        emu.add_job(
+            {
+                "id": job_id,
+                "name": "reliability-real-scheduler",
+                "timeline": [
+                    {"phase": "Pending", "at": 0},
+                    {"phase": "Running", "at": 1},
+                    {"phase": "Completed", "at": 35},
+                ],
+                "tasks": [
+                    {"id": t, "exit_code": 0, "log": {"generate": {"size": size, "seed": i + 11}}}
+                    for i, (t, size) in enumerate(tasks.items())
+                ],
+            }
+        )
+        _trigger(cluster, dag_id, run_id)
+        state = cluster.wait_dag_run(dag_id, run_id, timeout=180)
+        tis = cluster.task_states(dag_id, run_id)
+        assert state == "success", f"run ended {state}: {tis}\n{cluster.diagnostics()}"
+        _assert_went_through_triggerer(cluster, dag_id, run_id, "wait_for_training")
+
+        manifest = json.loads((archive / job_id / "manifest.json").read_text())
+        assert manifest["complete"] is True
+        for task, size in tasks.items():
+            final = archive / job_id / f"{task}.log"
+            assert final.stat().st_size == size
+            entry = next(e for e in manifest["tasks"] if e["task_id"] == task)
+            assert entry["sha256"] == emu.log_sha256(job_id, task)
+
+        # Task logs as Airflow stores them, and every component's output: no SK, no link signature.
+        everything = read_tree(cluster.home / "logs") + "".join(cluster.output(n) for n in cluster.procs)
+        assert "wait_for_training" in everything
+        leaks = find_leaks(everything, [DEFAULT_SK])
+        assert not leaks, "\n".join(leaks)
+        xcom_rows = cluster.query(
+            "SELECT key, value FROM xcom WHERE dag_id = ? AND run_id = ?", dag_id, run_id
+        )
+        xcom_text = "\n".join(f"{k}={v!s}" for k, v in xcom_rows)
+        assert "log_urls" in xcom_text
+        assert DEFAULT_SK not in xcom_text

@@ -489,3 +489,9 @@ def test_connection_helpers(emulator):
     assert parsed.extra_dejson["endpoint"] == emulator.url
     with pytest.raises(ValueError):
         emulator.connection_json("basic")
+
+
+def test_delete_job(emulator, api):
+    assert api("DELETE", "/training-jobs/job-ok").status_code == 202
+    assert api("GET", "/training-jobs/job-ok").status_code == 404
+    assert "job-ok" not in emulator.job_ids()

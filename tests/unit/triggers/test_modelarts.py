@@ -292,3 +292,48 @@ def test_default_hook_factory_uses_single_attempt(monkeypatch):
     monkeypatch.setattr(trigger_module, "ModelArtsAsyncHook", Recorder)
     trigger_module._default_hook_factory("c1")
     assert seen == {"conn_id": "c1", "max_retries": 0}
+
+
+def test_polls_in_flight_are_capped(monkeypatch):
+    state = {"now": 0, "max": 0}
+
+    class SlowHook(FakeAsyncHook):
+        async def get_training_job(self, training_job_id):
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+            await asyncio.sleep(0.01)
+            state["now"] -= 1
+            return job_body("Completed")
+
+    hook = SlowHook([])
+    monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: hook))
+    monkeypatch.setattr(type(shared_hooks), "max_in_flight", 4)
+
+    async def main():
+        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(JOB)) for _ in range(30)))
+
+    results = asyncio.run(main())
+    assert all(r[0]["status"] == "success" for r in results)
+    assert state["max"] == 4
+
+
+def test_client_is_prepared_once_off_the_loop(monkeypatch):
+    import threading
+
+    prepared = []
+
+    class PreparingHook(FakeAsyncHook):
+        async def get_config(self):
+            return "config"
+
+        def _get_client(self, config):
+            prepared.append((config, threading.current_thread() is threading.main_thread()))
+
+    hook = PreparingHook([job_body("Completed")])
+    monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: hook))
+
+    async def main():
+        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(JOB)) for _ in range(5)))
+
+    asyncio.run(main())
+    assert prepared == [("config", False)]

@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "scripts" / "demo.py"
 SCENARIO = ROOT / "example_dags" / "demo_scenario.json"
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(DEMO.parent))
+import demo  # noqa: E402 - scripts/ is not a package
 
 
 def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
@@ -28,7 +31,15 @@ def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     shutil.copy(SCENARIO, scenario)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     proc = subprocess.Popen(
-        [sys.executable, str(DEMO), "--archive-dir", str(tmp_path / "archive"), "--scenario", str(scenario), *args],
+        [
+            sys.executable,
+            str(DEMO),
+            "--archive-dir",
+            str(tmp_path / "archive"),
+            "--scenario",
+            str(scenario),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -45,9 +56,7 @@ def _leftovers(scenario: Path, home: str | None) -> list[str]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if str(scenario) in cmdline:
-                found.append(f"{proc.pid}: {cmdline}")
-            elif home and proc.environ().get("AIRFLOW_HOME") == home:
+            if str(scenario) in cmdline or (home and proc.environ().get("AIRFLOW_HOME") == home):
                 found.append(f"{proc.pid}: {cmdline}")
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
@@ -67,6 +76,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_runs_and_cleans_up(tmp_path):
     proc, scenario = _start_demo(tmp_path)
@@ -99,6 +109,7 @@ def test_demo_runs_and_cleans_up(tmp_path):
     assert "Demo finished" in out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_stops_everything_on_ctrl_c(tmp_path):
     proc, scenario = _start_demo(tmp_path)
@@ -125,3 +136,73 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path):
     time.sleep(1)
     assert not _port_open(url[1]), "the emulator is still listening"
     assert _leftovers(scenario, home[1]) == []
+
+
+@pytest.mark.timeout(180)
+def test_demo_fails_cleanly_when_the_emulator_cannot_start(tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"jobs": [{"id": "x", "timeline": [{"phase": "NoSuchPhase", "at": 0}]}]}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    proc = subprocess.run(
+        [sys.executable, str(DEMO), "--archive-dir", str(tmp_path / "archive"), "--scenario", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=150,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "FAILED: the emulator did not start" in out
+    home = re.search(r"Temporary AIRFLOW_HOME (\S+)", out)
+    assert home and not Path(home[1]).exists()
+    assert _leftovers(bad, home[1]) == []
+
+
+def test_console_summary_of_dags_test_output():
+    assert (
+        demo.summarise(
+            "2026-01-01T00:00:00.000000Z [info     ] [DAG TEST] starting task_id=archive map_index=3 "
+            "[airflow.sdk.definitions.dag] loc=dag.py:1501"
+        )
+        == "task archive[3] started"
+    )
+    assert (
+        demo.summarise(
+            "2026-01-01T00:00:00.000000Z [info     ] Task instance state updated    "
+            "[airflow.api_fastapi.execution_api.routes.task_instances] loc=x.py:1 new_state=failed rows_affected=1"
+        )
+        == "  -> failed"
+    )
+    assert (
+        demo.summarise(
+            "2026-01-01T00:00:00.000000Z [info     ] Pushed 2 preview log link(s) "
+            "[airflow.task.operators.airflow_provider_modelarts.sensors.modelarts.ModelArtsTrainingJobSensor] loc=x"
+        )
+        == "  Pushed 2 preview log link(s)"
+    )
+    assert demo.summarise("airflow_provider_modelarts.sensors.modelarts.X Failed: job ended") is None
+    assert demo.summarise("mod.ModelArtsTrainingJobFailed: job j ended in phase Failed") == (
+        "  ModelArtsTrainingJobFailed: job j ended in phase Failed"
+    )
+    assert (
+        demo.summarise("2026-01-01T00:00:00Z [info     ] Bulk-writing dags to db [airflow.x] count=1") is None
+    )
+
+
+def test_links_found_anywhere_in_an_xcom_value():
+    link = {"url": "http://127.0.0.1:1/log?Expires=1&Signature=x", "type": "preview", "expires_at": "t"}
+    value = {"training_job_id": "j", "log_urls": {"worker-0": link}, "tasks": [{"uri": "file:///a"}]}
+    assert list(demo._links_in(value)) == [("log_urls.worker-0", link)]
+    assert list(demo._links_in([link])) == [("[0]", link)]
+    assert list(demo._links_in({"url": "file:///not-a-link"})) == []
+
+
+def test_the_demo_environment_drops_the_callers_airflow_settings(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", "/elsewhere")
+    env = demo.airflow_env(Path("/tmp/home"), "http://127.0.0.1:1", None)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(ROOT / "example_dags")
+    assert env["AIRFLOW_HOME"] == "/tmp/home"
+    conn = json.loads(env["AIRFLOW_CONN_MODELARTS_DEFAULT"])
+    assert conn["conn_type"] == "modelarts" and conn["extra"]["endpoint"] == "http://127.0.0.1:1"
+    assert "AIRFLOW_CONN_SMTP_DEFAULT" not in env

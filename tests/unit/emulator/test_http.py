@@ -495,3 +495,24 @@ def test_delete_job(emulator, api):
     assert api("DELETE", "/training-jobs/job-ok").status_code == 202
     assert api("GET", "/training-jobs/job-ok").status_code == 404
     assert "job-ok" not in emulator.job_ids()
+
+
+def test_concurrent_requests_are_all_counted(emulator):
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = _token(emulator)
+    url = f"{emulator.url}/v2/{emulator.project_id}/training-jobs/job-ok"
+    emulator.knobs.throttle_ratio = 0.25
+    emulator.knobs.retry_after = None
+
+    def worker(_: int) -> list[int]:
+        with requests.Session() as session:
+            return [
+                session.get(url, headers={"X-Auth-Token": token}, timeout=10).status_code for _ in range(25)
+            ]
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = [code for batch in pool.map(worker, range(8)) for code in batch]
+    assert len(codes) == 200
+    assert codes.count(429) == 50 == emulator.counters["throttled"]
+    assert emulator.counters["job"] == 200

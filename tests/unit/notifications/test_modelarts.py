@@ -9,7 +9,11 @@ import pytest
 from airflow.providers.common.compat.sdk import BaseNotifier
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG
-from airflow.serialization.serialized_objects import DagSerialization
+
+try:
+    from airflow.serialization.serialized_objects import DagSerialization
+except ImportError:  # Airflow < 3.2
+    from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
 
 from airflow_provider_modelarts.notifications.modelarts import ModelArtsTaskLogsNotifier, TemplatableDag
 

@@ -963,7 +963,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "modelarts-emulator"
     sys_version = ""
     server: _Server
-    request_id: str
+    request_id: str = ""
+    responded: bool = False
 
     def setup(self) -> None:
         super().setup()
@@ -981,12 +982,23 @@ class _Handler(BaseHTTPRequestHandler):
         # Request lines carry signed-URL signatures; stay quiet.
         return
 
-    def _dispatch(self) -> None:
+    def parse_request(self) -> bool:
         self.request_id = uuid.uuid4().hex
+        self.responded = False
+        return super().parse_request()
+
+    def _dispatch(self) -> None:
         try:
             self.server.emulator.handle(self, self.command)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as err:
+            self.close_connection = True
+            if not self.responded:
+                self.send_error_json(
+                    500, "ModelArts.0010", f"Internal error in the emulator: {type(err).__name__}"
+                )
+            raise
 
     do_GET = _dispatch
     do_POST = _dispatch
@@ -1011,6 +1023,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def send_response(self, code: int, message: str | None = None) -> None:
+        if not getattr(self, "request_id", None):
+            self.request_id = uuid.uuid4().hex
+        self.responded = True
         super().send_response(code, message)
         self.send_header("X-Request-Id", self.request_id)
 

@@ -516,3 +516,45 @@ def test_concurrent_requests_are_all_counted(emulator):
     assert len(codes) == 200
     assert codes.count(429) == 50 == emulator.counters["throttled"]
     assert emulator.counters["job"] == 200
+
+
+def test_unsupported_method_and_internal_errors_still_answer(emulator, api, monkeypatch):
+    resp = requests.request("OPTIONS", f"{emulator.url}/v2/x", timeout=10)
+    assert resp.status_code == 501
+    assert resp.headers["X-Request-Id"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(emulator, "_preview", broken)
+    failed = api("GET", "/training-jobs/job-ok/tasks/worker-0/logs/preview")
+    assert failed.status_code == 500
+    assert failed.json()["error_code"] == "ModelArts.0010"
+    assert api("GET", "/training-jobs/job-ok").status_code == 200
+
+
+@pytest.mark.slow
+def test_large_generated_log_streams_intact(emulator_factory):
+    size = 256 * 1024 * 1024 + 3
+    emu = emulator_factory(
+        {"jobs": [{"id": "big", "tasks": [{"id": "worker-0", "log": {"generate": {"size": size}}}]}]}
+    )
+    emu.knobs.drop_after_bytes = 100 * 1024 * 1024
+    emu.knobs.drop_downloads = 1
+    url = Api(emu).link("big", "worker-0", "application/octet-stream")
+    digest = hashlib.sha256()
+    received = 0
+    with (
+        requests.get(url, stream=True, timeout=30) as resp,
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+    ):
+        for chunk in resp.iter_content(1024 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+    with requests.get(url, headers={"Range": f"bytes={received}-"}, stream=True, timeout=30) as resp:
+        assert resp.status_code == 206
+        for chunk in resp.iter_content(1024 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+    assert received == size
+    assert digest.hexdigest() == emu.log_sha256("big", "worker-0")

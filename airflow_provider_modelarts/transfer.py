@@ -25,6 +25,7 @@ Guarantees:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import posixpath
@@ -68,8 +69,8 @@ COMPRESSIONS = (None, "gzip")
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (
     requests.RequestException,
     urllib3.exceptions.HTTPError,
-    ConnectionError,
-    TimeoutError,
+    http.client.HTTPException,
+    OSError,
 )
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -147,7 +148,7 @@ class StagedObject:
             self._tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.partial")
             self._fh = self._fs.open(self._tmp, "wb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append ``data``."""
         self._fh.write(data)
 
@@ -239,7 +240,7 @@ class _Encoder:
         # wbits=31: gzip container; zlib writes mtime 0, so the output is reproducible.
         self._z = zlib.compressobj(6, zlib.DEFLATED, 31) if compression == "gzip" else None
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes | memoryview) -> bytes | memoryview:
         self.size += len(chunk)
         self.drain()
         self._pending = self._pool.submit(self.sha256.update, chunk)
@@ -305,6 +306,30 @@ def _int_header(resp: requests.Response, name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ModelArtsLogTransferError(f"Malformed {name} header {value!r}") from None
+
+
+def _body_chunks(resp: requests.Response, chunk_size: int, encoded: bool) -> Iterator[bytes | memoryview]:
+    """Yield the response body in chunks of up to ``chunk_size`` bytes.
+
+    For a plain (not content-encoded) body the bytes are read straight from the HTTP connection into two
+    alternating buffers, skipping two copies made by urllib3/``iter_content``; a chunk is only valid
+    until the next-but-one chunk is read, which is all the pipeline needs (one hash in flight). Anything
+    else goes through ``iter_content``.
+    """
+    raw = getattr(resp, "raw", None)
+    fp = getattr(raw, "_fp", None)
+    if encoded or not isinstance(fp, http.client.HTTPResponse) or getattr(raw, "_decoded_buffer", None):
+        yield from resp.iter_content(chunk_size)
+        return
+    buffers = (memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size)))
+    turn = 0
+    while True:
+        buf = buffers[turn]
+        n = fp.readinto(buf)
+        if not n:
+            return
+        yield buf[:n]
+        turn ^= 1
 
 
 def archive_task_log(
@@ -457,7 +482,7 @@ def archive_task_log(
                 if staged is None:
                     staged = StagedObject(target)
                 received = 0
-                chunks: Iterator[bytes] = iter(resp.iter_content(chunk_size))
+                chunks = _body_chunks(resp, chunk_size, encoded)
                 broken: str | None = None
                 while True:
                     try:

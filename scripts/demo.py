@@ -451,9 +451,22 @@ def show_results(
             body = msg.get_body(preferencelist=("plain", "html"))
             text = body.get_content() if body is not None else ""
             if body is not None and body.get_content_subtype() == "html":
-                text = html.unescape(re.sub(r"<[^>]+>", "", text))
-            for line in [line for line in text.strip().splitlines() if line.strip()][:25]:
-                progress.detail(f"  | {line[:140]}")
+                text = html_to_text(text)
+            for line in [line for line in text.strip().splitlines() if line.strip()][:30]:
+                progress.detail(f"  | {line}")
+
+
+_HTML_TAG = re.compile(r"</?(?:h\d|p|ul|ol|li|pre|b|i|em|strong|br|div|span|a)\b[^>]*>", re.IGNORECASE)
+_HTML_LINK = re.compile(r'<a\s[^>]*href="([^"]*)"[^>]*>(.*?)</a>', re.IGNORECASE | re.DOTALL)
+_HTML_BREAK = re.compile(r"<(?:/h\d|/p|/li|/ul|pre|/pre|br\s*/?)>", re.IGNORECASE)
+
+
+def html_to_text(body: str) -> str:
+    """Readable text of a simple HTML e-mail body: links as ``text <url>``, block ends as new lines."""
+    body = _HTML_LINK.sub(lambda m: f"{m[2]} <{m[1]}>", body)
+    body = _HTML_BREAK.sub(lambda m: m[0] + "\n", body)
+    # Only known tags are removed, so text such as "<module>" in a traceback survives.
+    return html.unescape(_HTML_TAG.sub("", body))
 
 
 def reset_archive(archive: Path) -> None:

@@ -206,3 +206,12 @@ def test_the_demo_environment_drops_the_callers_airflow_settings(monkeypatch):
     conn = json.loads(env["AIRFLOW_CONN_MODELARTS_DEFAULT"])
     assert conn["conn_type"] == "modelarts" and conn["extra"]["endpoint"] == "http://127.0.0.1:1"
     assert "AIRFLOW_CONN_SMTP_DEFAULT" not in env
+
+
+def test_alert_mail_shown_as_text_keeps_links_and_traceback():
+    text = demo.html_to_text(
+        '<ul><li><a href="http://127.0.0.1:1/l?a=1&amp;Signature=s">worker-0</a> until T</li></ul>'
+        '<pre>  File "train.py", line 88, in <module>\nx &lt; y</pre>'
+    )
+    assert "worker-0 <http://127.0.0.1:1/l?a=1&Signature=s> until T" in text
+    assert "in <module>" in text and "x < y" in text

@@ -350,6 +350,14 @@ def run_dag(
         return proc.wait(), log_path
 
 
+def show_errors(progress: Progress, log_path: Path, limit: int = 15) -> None:
+    """Print the error lines of a DAG run's output, for a run that did not end as expected."""
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    errors = [line for line in lines if "[error" in line or _EXCEPTION.match(line)]
+    for line in errors[-limit:]:
+        progress.detail(f"  ! {line[:300]}")
+
+
 def query(db: Path, sql: str, *args: Any) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, args).fetchall()
@@ -543,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "as expected" if state == plan.expect_state else f"EXPECTED {plan.expect_state}"
                 progress.line(f"  DAG run {state} ({verdict}); tasks: {summary}; full output: {log_path}")
                 if state != plan.expect_state:
+                    show_errors(progress, log_path)
                     failures.append(
                         f"{plan.dag_id} ended {state} (exit code {code}), expected {plan.expect_state}"
                     )

@@ -76,7 +76,7 @@ def register_obs_scheme() -> None:
     if "obs" not in flavour_registry:
 
         class _OBSFlavour(S3FileSystemFlavour):
-            protocol = ("obs",)
+            protocol = ("obs",)  # type: ignore[assignment]
 
     WrappedFileSystemFlavour.protocol_config["netloc_is_anchor"].add("obs")
     upath.registry.register_implementation("obs", "upath.implementations.cloud.CloudPath", clobber=True)

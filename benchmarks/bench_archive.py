@@ -128,7 +128,9 @@ def main() -> None:
     if not shutil.which("curl"):
         raise SystemExit("curl is needed for the comparison")
 
-    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
+    own_home = None
+    if "AIRFLOW_HOME" not in os.environ:
+        own_home = os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-airflow-home-")
     from airflow_provider_modelarts.emulator import ModelArtsEmulator
 
     big, small = args.size_mib * MiB, args.small_mib * MiB
@@ -194,6 +196,8 @@ def main() -> None:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
+    if own_home:
+        shutil.rmtree(own_home, ignore_errors=True)
     curl_med, op_med = statistics.median(curl_times), statistics.median(op_times)
     curl_rate, op_rate = big / curl_med / 1e6, big / op_med / 1e6
     big_rss = max(r["rss_peak"] for r in op_runs)

@@ -1,6 +1,6 @@
 """Benchmark: ModelArtsArchiveTaskLogsOperator vs ``curl -o`` on one big log, plus peak RSS by log size.
 
-Against the local emulator on loopback:
+Against the local emulator on loopback (in its own process, as a remote OBS would be):
 
 * throughput: one generated log (default 1 GiB) archived to a ``file://`` destination by the operator,
   against ``curl -o FILE`` of a fresh download link of the same log; ``--runs`` alternating runs of each
@@ -36,14 +36,32 @@ class _NullTI:
         pass
 
 
-def child(job_id: str, destination: str, chunk_size: int) -> None:
+class _NoHash:
+    def update(self, data: object) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return "ablated"
+
+
+def child(job_id: str, destination: str, chunk_size: int, no_sha256: bool = False) -> None:
     """Archive one job in this process and print one JSON line with timings and peak RSS."""
     import logging
 
     import psutil
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from airflow_provider_modelarts import transfer
     from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
+
+    if no_sha256:  # ablation only: shows what the sha256 costs on this machine
+        init = transfer._Pipeline.__init__
+
+        def init_without_sha256(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            init(self, *args, **kwargs)
+            self.sha256 = _NoHash()
+
+        transfer._Pipeline.__init__ = init_without_sha256  # type: ignore[method-assign]
 
     op = ModelArtsArchiveTaskLogsOperator(
         task_id="bench",
@@ -77,9 +95,12 @@ def child(job_id: str, destination: str, chunk_size: int) -> None:
     )
 
 
-def run_child(env: dict[str, str], job_id: str, destination: str, chunk_size: int) -> dict:
+def run_child(
+    env: dict[str, str], job_id: str, destination: str, chunk_size: int, no_sha256: bool = False
+) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", job_id, destination, "--chunk-size", str(chunk_size)],
+        [sys.executable, __file__, "--child", job_id, destination, "--chunk-size", str(chunk_size)]
+        + (["--no-sha256"] if no_sha256 else []),
         env=env,
         cwd=str(ROOT),
         capture_output=True,
@@ -120,10 +141,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk-size", type=int, default=4 * MiB)
     parser.add_argument("--workdir", default=None, help="where the copies go (default: a temp dir)")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time the operator with sha256 switched off (diagnosis only)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("JOB_ID", "DESTINATION"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-sha256", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.chunk_size)
+        child(args.child[0], args.child[1], args.chunk_size, args.no_sha256)
         return
     if not shutil.which("curl"):
         raise SystemExit("curl is needed for the comparison")
@@ -131,8 +158,6 @@ def main() -> None:
     own_home = None
     if "AIRFLOW_HOME" not in os.environ:
         own_home = os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-airflow-home-")
-    from airflow_provider_modelarts.emulator import ModelArtsEmulator
-
     big, small = args.size_mib * MiB, args.small_mib * MiB
     scenario = {
         "jobs": [
@@ -147,21 +172,50 @@ def main() -> None:
     }
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-archive-"))
     work.mkdir(parents=True, exist_ok=True)
-    with ModelArtsEmulator(scenario) as emu:
-        env = {**os.environ, "AIRFLOW_CONN_MODELARTS_DEFAULT": emu.connection_json(), "PYTHONPATH": str(ROOT)}
-        os.environ["AIRFLOW_CONN_MODELARTS_DEFAULT"] = env["AIRFLOW_CONN_MODELARTS_DEFAULT"]
+    scenario_file = work / "scenario.json"
+    scenario_file.write_text(json.dumps(scenario))
+    from airflow_provider_modelarts.emulator import GeneratedLog
+
+    # The emulator runs in its own process, like a remote OBS would, so it shares no GIL with anyone.
+    emu_proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(scenario_file)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(ROOT),
+    )
+    try:
+        conn_json = ""
+        assert emu_proc.stdout is not None
+        for line in emu_proc.stdout:
+            if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
+                conn_json = line.split("=", 1)[1].strip().strip("'")
+                break
+        if not conn_json:
+            raise SystemExit("the emulator did not start")
+        env = {**os.environ, "AIRFLOW_CONN_MODELARTS_DEFAULT": conn_json, "PYTHONPATH": str(ROOT)}
+        os.environ["AIRFLOW_CONN_MODELARTS_DEFAULT"] = conn_json
         from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
         hook = ModelArtsHook()
-        expected_sha = emu.log_sha256("bench-big", "worker-0")
+        expected_sha = GeneratedLog(big, seed=7).sha256()
 
         curl_times: list[float] = []
         curl_sha_times: list[float] = []
         op_times: list[float] = []
         op_runs: list[dict] = []
+        ablated: list[float] = []
         for i in range(args.runs):
             order = ("curl", "op", "curl+sha") if i % 2 == 0 else ("op", "curl", "curl+sha")
+            if args.ablation:
+                order += ("op-no-sha256",)
             for kind in order:
+                if kind == "op-no-sha256":
+                    dest = work / "ablation"
+                    res = run_child(env, "bench-big", f"file://{dest}", args.chunk_size, no_sha256=True)
+                    ablated.append(res["seconds"])
+                    shutil.rmtree(dest)
+                    print(f"run {i + 1} {kind}: {res['seconds']:.2f}s", flush=True)
+                    continue
                 if kind == "curl+sha":
                     out = work / "curl-sha.log"
                     url = hook.get_task_log_url("bench-big", "worker-0", download=True)
@@ -193,6 +247,9 @@ def main() -> None:
 
         small_res = run_child(env, "bench-small", f"file://{work / 'small'}", args.chunk_size)
         shutil.rmtree(work / "small")
+    finally:
+        emu_proc.terminate()
+        emu_proc.wait(timeout=30)
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -215,6 +272,10 @@ def main() -> None:
     sha_med = statistics.median(curl_sha_times)
     sha_runs = "  " + ", ".join(f"{t:.2f}" for t in curl_sha_times)
     print(f"{'curl | tee | sha256sum':28}{sha_med:>10.2f}{big / sha_med / 1e6:>10.1f}{sha_runs:>28}")
+    if ablated:
+        abl_med = statistics.median(ablated)
+        abl_runs = "  " + ", ".join(f"{t:.2f}" for t in ablated)
+        print(f"{'operator, sha256 off (diag)':28}{abl_med:>10.2f}{big / abl_med / 1e6:>10.1f}{abl_runs:>28}")
     xfer_med = statistics.median(r["transfer_seconds"] for r in op_runs)
     print(f"{'  of which the log transfer':28}{xfer_med:>10.2f}{big / xfer_med / 1e6:>10.1f}")
     print(f"throughput ratio (operator execute() / curl): {op_rate / curl_rate:.2f}x   (bar >= 0.80x)")

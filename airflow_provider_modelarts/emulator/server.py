@@ -9,8 +9,10 @@ import json
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
+import traceback
 import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -993,12 +995,14 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as err:
-            self.close_connection = True
-            if not self.responded:
+            # A complete error answer keeps the connection usable; a half-sent one cannot be repaired.
+            traceback.print_exc(file=sys.stderr)
+            if self.responded:
+                self.close_connection = True
+            else:
                 self.send_error_json(
                     500, "ModelArts.0010", f"Internal error in the emulator: {type(err).__name__}"
                 )
-            raise
 
     do_GET = _dispatch
     do_POST = _dispatch

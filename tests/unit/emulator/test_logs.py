@@ -93,3 +93,15 @@ def test_parse_size(value, expected):
 def test_parse_size_rejects_garbage():
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_multi_gib_log_is_addressable_without_materialising():
+    size = 5 * 1024**3 + 7
+    log = GeneratedLog(size, seed=9)
+    tail = log.read(size - 100, size)
+    assert len(tail) == 100 and tail.endswith(b"\n")
+    last_block = size // BLOCK_SIZE
+    assert log.read(last_block * BLOCK_SIZE, last_block * BLOCK_SIZE + 7) == b"[modela"
+    assert b"block=%012d" % (last_block - 1) in log.read(
+        (last_block - 1) * BLOCK_SIZE, (last_block - 1) * BLOCK_SIZE + 80
+    )

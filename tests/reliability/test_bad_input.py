@@ -367,3 +367,58 @@ def test_bad_input_async_hook(name: str, server: ScriptedServer, monkeypatch) ->
         asyncio.run(run())
     _assert_typed(info.value, case, name)
     _assert_inside_project(server)
+
+
+# --- operator arguments, against the emulator (its counters prove where requests went) -----------------
+
+OPERATOR_CASES = {
+    "destination-unknown-scheme": ({"destination": "gopher://host/archive"}, ("gopher", "scheme")),
+    "destination-relative-path": ({"destination": "archive/logs"}, ("relative",)),
+    "destination-empty": ({"destination": "  "}, ("destination",)),
+    "task-ids-missing-task": ({"task_ids": ["worker-9"]}, ("worker-9",)),
+    "task-ids-not-a-list": ({"task_ids": 7}, ("task_ids",)),
+    "path-template-traversal": ({"path_template": "../{task_id}.log"}, ("path_template", "..")),
+    "compression-unknown": ({"compression": "zip"}, ("compression",)),
+}
+
+
+@pytest.mark.parametrize("name", list(OPERATOR_CASES))
+def test_archive_operator_bad_arguments(name, emulator_factory, monkeypatch, tmp_path):
+    from unittest import mock
+
+    from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
+
+    emu = emulator_factory(
+        {
+            "jobs": [
+                {
+                    "id": "job-two",
+                    "timeline": [{"phase": "Completed", "at": 0}],
+                    "tasks": [
+                        {"id": "worker-0", "log": {"text": "a\n"}},
+                        {"id": "worker-1", "log": {"text": "b\n"}},
+                    ],
+                }
+            ]
+        }
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
+    overrides, words = OPERATOR_CASES[name]
+    kwargs: dict[str, Any] = {"training_job_id": "job-two", "destination": tmp_path.as_uri(), **overrides}
+    emu.reset_counters()
+    with pytest.raises(BaseException) as info:
+        op = ModelArtsArchiveTaskLogsOperator(task_id="archive", **kwargs)
+        op.execute({"ti": mock.MagicMock(), "task": op, "run_id": "r", "dag_run": mock.MagicMock()})
+    exc = info.value
+    assert not isinstance(exc, FORBIDDEN), f"{name}: bare {type(exc).__name__}: {exc}"
+    assert isinstance(exc, (ModelArtsError, ValueError, TypeError)), f"{name}: {type(exc).__name__}: {exc}"
+    assert any(w.lower() in str(exc).lower() for w in words), f"{name}: {exc}"
+    assert emu.counters["outside_project"] == 0
+    if name == "task-ids-missing-task":
+        assert "worker-0" in str(exc) and "worker-1" in str(exc), (
+            f"the error should list the job's tasks: {exc}"
+        )
+    else:
+        # Checked in execute() before any request: not even the job is fetched.
+        assert emu.counters["job"] == 0 and emu.counters["obs_get"] == 0, dict(emu.counters)
+    assert not any(p.name.endswith(".log") for p in tmp_path.rglob("*")), "a log was archived anyway"

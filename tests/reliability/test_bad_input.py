@@ -371,7 +371,7 @@ def test_bad_input_async_hook(name: str, server: ScriptedServer, monkeypatch) ->
 
 # --- operator arguments, against the emulator (its counters prove where requests went) -----------------
 
-OPERATOR_CASES = {
+OPERATOR_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "destination-unknown-scheme": ({"destination": "gopher://host/archive"}, ("gopher", "scheme")),
     "destination-relative-path": ({"destination": "archive/logs"}, ("relative",)),
     "destination-empty": ({"destination": "  "}, ("destination",)),

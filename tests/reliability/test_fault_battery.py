@@ -201,7 +201,7 @@ def test_sigkill_mid_stream_then_rerun_is_complete(emulator_factory, monkeypatch
         deadline = time.monotonic() + 120
         # Kill once a staged copy holds 16 MiB: provably mid-stream, whatever the server counts.
         while _staged_bytes(dest / "job-kill") < 16 * MiB:
-            assert child.poll() is None, f"child ended early:\n{child.stdout.read().decode()}"
+            assert child.poll() is None, f"child ended early:\n{child.communicate()[0].decode()}"
             assert time.monotonic() < deadline, "child never started streaming"
             time.sleep(0.001)
         os.killpg(child.pid, signal.SIGKILL)

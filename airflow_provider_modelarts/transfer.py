@@ -24,10 +24,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import json
 import logging
+import os
 import posixpath
 import re
 import threading
@@ -124,13 +126,76 @@ def _is_s3(fs: Any) -> bool:
     return isinstance(fs, S3FileSystem)
 
 
+_STAGING_TOKEN_HEX = 12
+
+
+def _staging_name(name: str) -> str:
+    return f".{name}.{uuid.uuid4().hex[:_STAGING_TOKEN_HEX]}.partial"
+
+
+def _remove_stale_staging(parent: str, name: str) -> None:
+    """Delete staging files of ``name`` in local directory ``parent`` whose writer is gone.
+
+    A live writer holds an exclusive ``flock`` on its staging file for as long as it writes; the kernel
+    drops the lock when the writer's process dies (even on SIGKILL). So a staging file whose lock can be
+    taken was left behind by an interrupted run and is removed; one that is locked is another copy in
+    progress and is left alone.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{{_STAGING_TOKEN_HEX}}}\.partial")
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry):
+            continue
+        path = os.path.join(parent, entry)
+        try:
+            # Opened for writing: on NFS, flock is emulated with POSIX locks, which need it for LOCK_EX.
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                continue
+            size = os.fstat(fd).st_size
+            os.unlink(path)
+            log.info("Removed %s (%s) left by an interrupted copy", path, _fmt_bytes(size))
+        except OSError:
+            continue  # locked by a live writer, or already gone
+        finally:
+            os.close(fd)
+
+
+def _open_locked_staging(parent: str, name: str) -> tuple[str, Any]:
+    """Create and ``flock`` a new staging file for ``name`` in ``parent``; return its path and file."""
+    while True:
+        path = os.path.join(parent, _staging_name(name))
+        fh = open(path, "xb")  # noqa: SIM115 - closed by StagedObject
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            # A cleaner may have taken the lock between create and flock and removed the file.
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                return path, fh
+        except FileNotFoundError:
+            pass
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+
+
 class StagedObject:
     """A write that becomes visible at its final path only on :meth:`commit`.
 
     * S3-compatible stores (``s3://``, ``obs://``): an uncommitted multipart upload (fsspec
       ``autocommit=False``); :meth:`commit` completes it, :meth:`discard` aborts it.
-    * Everything else (local disk included): a hidden temporary sibling, moved over the final name on
-      :meth:`commit` (an atomic ``rename`` on a local filesystem) and deleted on :meth:`discard`.
+    * Local disk: a hidden temporary sibling ``.{name}.{token}.partial``, locked (``flock``) while it is
+      written and renamed over the final name on :meth:`commit`. Staging files of the same name that no
+      live writer holds (left by a killed run) are removed first.
+    * Other filesystems: a hidden temporary sibling, moved over the final name on :meth:`commit` and
+      deleted on :meth:`discard`.
 
     :param target: final location.
     """
@@ -140,14 +205,18 @@ class StagedObject:
         self._fs = target.fs
         self._final = target.path
         self._tmp: str | None = None
+        self._local = False
         self._done = False
         parent, name = posixpath.split(self._final)
         if _is_s3(self._fs):
             self._fh = self._fs.open(self._final, "wb", autocommit=False)
+        elif _is_local(self._fs):
+            self._local = True
+            os.makedirs(parent, exist_ok=True)
+            _remove_stale_staging(parent, name)
+            self._tmp, self._fh = _open_locked_staging(parent, name)
         else:
-            if _is_local(self._fs):
-                self._fs.makedirs(parent, exist_ok=True)
-            self._tmp = posixpath.join(parent, f".{name}.{uuid.uuid4().hex[:12]}.partial")
+            self._tmp = posixpath.join(parent, _staging_name(name))
             self._fh = self._fs.open(self._tmp, "wb")
 
     def write(self, data: bytes | memoryview) -> None:
@@ -166,6 +235,9 @@ class StagedObject:
         if self._tmp is None:
             self._fh.close()
             self._fh.commit()
+        elif self._local:
+            self._fh.close()
+            os.replace(self._tmp, self._final)
         else:
             self._fh.close()
             self._fs.mv(self._tmp, self._final)
@@ -179,6 +251,9 @@ class StagedObject:
         try:
             if self._tmp is None:
                 self._fh.discard()
+            elif self._local:
+                self._fh.close()
+                os.unlink(self._tmp)
             else:
                 self._fh.close()
                 self._fs.rm(self._tmp)

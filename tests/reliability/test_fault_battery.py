@@ -244,6 +244,8 @@ def test_sigkill_mid_stream_then_rerun_is_complete(emulator_factory, monkeypatch
     )
     # Whatever the killed run staged is hidden (dot-prefixed) and never at a final name.
     assert all(name.endswith(".partial") for name in stale), stale
+    # ...and the re-run removed it: staging files whose writer died do not pile up.
+    assert stale == [], stale
 
 
 def _staged_bytes(job_dir: Path) -> int:

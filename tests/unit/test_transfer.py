@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -462,3 +463,52 @@ def test_custom_layout_and_gzip(dest, tmp_path):
 def test_layout_validation(template):
     with pytest.raises(ModelArtsValidationError):
         ArchiveLayout(path_template=template)
+
+
+def test_stale_staging_files_of_a_killed_run_are_removed_but_live_ones_kept(dest, tmp_path):
+    job_dir = tmp_path / "archive" / "job-1"
+    job_dir.mkdir(parents=True)
+    stale = job_dir / ".worker-0.log.0123456789ab.partial"
+    stale.write_bytes(b"x" * 1000)  # left by a SIGKILLed run: nobody holds its lock
+    live = job_dir / ".worker-0.log.ba9876543210.partial"
+    live.write_bytes(b"y" * 10)
+    other = job_dir / ".worker-0.log.x.log.0123456789ab.partial"  # another task's name
+    other.write_bytes(b"z")
+    data = make_log(100_000)
+    with open(live, "ab") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)  # a copy still in progress elsewhere
+        with FakeObs({"worker-0": data}) as obs:
+            run_one(obs, dest, chunk_size=64 * 1024)
+        assert not stale.exists()
+        assert live.read_bytes() == b"y" * 10
+        assert other.exists()
+    assert (job_dir / "worker-0.log").read_bytes() == data
+    assert sorted(p.name for p in job_dir.iterdir()) == sorted(["worker-0.log", live.name, other.name])
+
+
+def test_staging_file_is_locked_while_written(dest, tmp_path):
+    data = make_log(300_000)
+    seen: list[bool] = []
+
+    class Probe(FakeSource):
+        def open_log_stream(self, url, *, offset=0, timeout=None):
+            resp = super().open_log_stream(url, offset=offset, timeout=timeout)
+            for p in (tmp_path / "archive" / "job-1").glob(".*.partial"):
+                with open(p, "ab") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        seen.append(False)
+                    except BlockingIOError:
+                        seen.append(True)
+            return resp
+
+    with FakeObs({"worker-0": data}, script=[("drop", 100_000)]) as obs:
+        archive_task_log(
+            Probe(obs),
+            "job-1",
+            "worker-0",
+            dest / "job-1" / "worker-0.log",
+            phase="Completed",
+            chunk_size=16 * 1024,
+        )
+    assert seen == [True]  # the second connection finds the first one's staging file locked

@@ -512,6 +512,53 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?..." if parts.query else "")
 
 
+_SECRET_PARAM_NAMES_RE = "|".join(map(re.escape, sorted(_SIGNED_URL_SECRET_PARAMS)))
+_SECRET_PARAM_VALUE_RE = re.compile(rf"(?<=[?&])((?:{_SECRET_PARAM_NAMES_RE})=)[^&#\s\"'<>]*", re.IGNORECASE)
+
+
+def redact_signed_url_secrets(text: str) -> str:
+    """``text`` with the values of the secret query parameters of any signed URL in it replaced by ``***``.
+
+    The parameters are those :func:`signed_url_secrets` finds (``Signature``, ``X-Amz-Signature`` and the
+    security tokens); the rest of the URL (path, ``AccessKeyId``, ``Expires``) stays readable.
+
+    :param text: a log message, a URL or a request target like ``/bucket/key?...``.
+    """
+    return _SECRET_PARAM_VALUE_RE.sub(r"\1***", text)
+
+
+class SignedUrlLogFilter(logging.Filter):
+    """Redact signed-URL secrets from the records of ``urllib3``, which logs every request target at DEBUG.
+
+    Airflow's secret masker only covers Airflow's own task-log handlers; this filter keeps a log link's
+    signature out of any other handler (a console at DEBUG, a library user's own logging setup).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact_signed_url_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
+
+
+def install_urllib3_log_filter() -> None:
+    """Add :class:`SignedUrlLogFilter` to the ``urllib3`` loggers that name request URLs (idempotent)."""
+    for name in _URLLIB3_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == SignedUrlLogFilter.__name__ for f in logger.filters):
+            logger.addFilter(SignedUrlLogFilter())
+
+
+install_urllib3_log_filter()
+
+
 def log_url_expires_at(url: str, *, default_ttl: int = DEFAULT_LOG_LINK_TTL) -> datetime:
     """When a pre-signed link expires: its ``Expires`` (V2) or ``X-Amz-Date`` + ``X-Amz-Expires`` (V4).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 
 import pytest
 import tenacity
@@ -188,3 +189,21 @@ class TestAkSk:
         signature = dict(parse_qsl(urlsplit(url).query))["Signature"]
         assert signature not in redact(f"{url} {signature}")
         assert DEFAULT_SK not in redact(f"sk={DEFAULT_SK}")
+
+
+def test_urllib3_debug_log_hides_link_signature(modelarts_conn, caplog):
+    from urllib.parse import parse_qsl, urlsplit
+
+    hook = _hook()
+    url = hook.get_task_log_url("job-ok", "worker-0")
+    signature = dict(parse_qsl(urlsplit(url).query))["Signature"]
+    raw_signature = urlsplit(url).query.rsplit("Signature=", 1)[1]
+    with caplog.at_level(logging.DEBUG, logger="urllib3"):
+        response = hook.open_log_stream(url)
+        response.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "urllib3.connectionpool"]
+    request_lines = [line for line in lines if "GET /modelarts-emulator-logs/job-ok/" in line]
+    assert request_lines, lines
+    assert "AccessKeyId=" in request_lines[0] and "Signature=***" in request_lines[0]
+    for secret in (signature, raw_signature):
+        assert secret not in caplog.text

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from unittest import mock
@@ -725,6 +726,38 @@ class TestMasking:
         with pytest.raises(ModelArtsTransportError) as info:
             hook.open_log_stream(LOG_LINK)
         assert "Signature" not in str(info.value)
+
+    def test_urllib3_records_lose_link_secrets(self, caplog):
+        token = "STS/token+value=="
+        target = LOG_LINK.split(".com", 1)[1] + "&x-obs-security-token=" + token
+        logger = logging.getLogger("urllib3.connectionpool")
+        with caplog.at_level(logging.DEBUG, logger="urllib3"):
+            logger.debug(
+                '%s://%s:%s "%s %s %s" %s %s', "https", "obs", 443, "GET", target, "HTTP/1.1", 200, 5
+            )
+            logging.getLogger("urllib3.util.retry").debug(
+                "Incremented Retry for (url='%s'): %r", target, {"history": [target]}
+            )
+        assert len(caplog.records) == 2
+        for record in caplog.records:
+            message = record.getMessage()
+            assert "/logs/job-1-worker-0.log?AccessKeyId=AK&Expires=1704067500&" in message
+            assert "Signature=***" in message and "x-obs-security-token=***" in message
+            for secret in (SIGNATURE, token, requests.utils.quote(SIGNATURE, safe="")):
+                assert secret not in message
+        assert "GET " in caplog.records[0].getMessage() and "200 5" in caplog.records[0].getMessage()
+
+    def test_urllib3_filter_installed_once(self):
+        hook_module.install_urllib3_log_filter()
+        hook_module.install_urllib3_log_filter()
+        filters = logging.getLogger("urllib3.connectionpool").filters
+        assert sum(isinstance(f, hook_module.SignedUrlLogFilter) for f in filters) == 1
+
+    def test_redact_signed_url_secrets_keeps_other_text(self):
+        text = "see /b/k?Expires=1&X-Amz-Signature=abc&signature=d%2Be and Signature= plain"
+        assert hook_module.redact_signed_url_secrets(text) == (
+            "see /b/k?Expires=1&X-Amz-Signature=***&signature=*** and Signature= plain"
+        )
 
 
 # --------------------------------------------------------------------------------------------------

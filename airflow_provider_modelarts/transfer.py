@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 4 * 1024 * 1024
 LOCAL_WRITE_SLICE = 16 * 1024
 DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_RETRY_WAIT = 1.0
+MAX_RETRY_WAIT = 60.0
 DEFAULT_PROGRESS_INTERVAL = 5.0
 MANIFEST_VERSION = 1
 COMPRESSIONS = (None, "gzip")
@@ -445,6 +447,7 @@ def archive_task_log(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
     clock: Callable[[], float] = time.monotonic,
+    retry_wait: float = DEFAULT_RETRY_WAIT,
 ) -> TaskArchive:
     """Copy one task's log to ``target``, resuming on expired links and dropped connections.
 
@@ -456,10 +459,12 @@ def archive_task_log(
     :param complete: whether the job was terminal (its log final) when the copy started.
     :param compression: ``None`` or ``"gzip"``.
     :param chunk_size: bytes per read.
-    :param max_attempts: how many interruptions (expired link, dropped connection, short read, restart)
-        are tolerated before giving up.
+    :param max_attempts: how many interruptions (expired link, dropped connection, short read, restart,
+        a retryable ModelArts/OBS error that outlasted the hook's own retries) are tolerated before giving up.
     :param progress_interval: seconds between progress lines.
     :param clock: monotonic clock (tests).
+    :param retry_wait: seconds to wait after the first retryable ModelArts/OBS error (5xx, 429, no
+        answer), doubling with each further one in a row, up to a minute; ``0`` for tests.
     :raises ModelArtsLogTransferError: the log could not be copied completely and verified.
     """
     if compression not in COMPRESSIONS:
@@ -478,6 +483,18 @@ def archive_task_log(
     interruptions = 0
     restarts = 0
     must_restart = False
+    api_failures = 0  # retryable API errors in a row
+
+    def api_error(what: str, e: ModelArtsApiError) -> None:
+        nonlocal api_failures
+        if not e.is_retryable:
+            raise e
+        api_failures += 1
+        interrupted(f"{what}: {e}")
+        wait = min(retry_wait * 2 ** (api_failures - 1), MAX_RETRY_WAIT)
+        if wait > 0:
+            log.info("%s: waiting %.1fs before asking again", label, wait)
+            time.sleep(wait)
 
     def interrupted(reason: str, *, fresh_link: bool = True) -> None:
         nonlocal interruptions, url
@@ -518,7 +535,11 @@ def archive_task_log(
             if must_restart and offset > 0:
                 restart("the previous response was content-encoded, so it cannot be resumed by range")
             if url is None:
-                url = source.get_task_log_url(training_job_id, task_id, download=True)
+                try:
+                    url = source.get_task_log_url(training_job_id, task_id, download=True)
+                except ModelArtsApiError as e:
+                    api_error("ModelArts could not issue a download link", e)
+                    continue
             connections += 1
             try:
                 resp = source.open_log_stream(url, offset=offset)
@@ -528,10 +549,12 @@ def archive_task_log(
             except ModelArtsApiError as e:
                 if e.status_code == 416 and offset > 0 and total is None:
                     break  # the length was unknown and everything has been read already
-                raise
+                api_error("the log store did not answer", e)
+                continue
             except _STREAM_ERRORS as e:
                 interrupted(f"could not connect: {type(e).__name__}")
                 continue
+            api_failures = 0
             try:
                 status = resp.status_code
                 encoded = resp.headers.get("Content-Encoding", "identity").strip().lower() not in (
@@ -771,6 +794,7 @@ class TrainingJobLogArchiver:
     :param max_workers: how many task logs are copied at the same time.
     :param chunk_size: bytes per read.
     :param max_attempts: interruptions tolerated per task log.
+    :param retry_wait: first wait (seconds) after a retryable ModelArts/OBS error; doubles while they last.
     :param progress_interval: seconds between progress lines of one log.
     """
 
@@ -786,6 +810,7 @@ class TrainingJobLogArchiver:
         chunk_size: int = CHUNK_SIZE,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        retry_wait: float = DEFAULT_RETRY_WAIT,
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ModelArtsValidationError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -800,6 +825,7 @@ class TrainingJobLogArchiver:
         self.chunk_size = chunk_size
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
+        self.retry_wait = retry_wait
         self._local = threading.local()
 
     def _source(self) -> LogSource:
@@ -879,6 +905,7 @@ class TrainingJobLogArchiver:
                 chunk_size=self.chunk_size,
                 max_attempts=self.max_attempts,
                 progress_interval=self.progress_interval,
+                retry_wait=self.retry_wait,
             )
 
         results: dict[str, TaskArchive] = {}

@@ -17,9 +17,13 @@ import requests_mock
 import urllib3
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
+from airflow_provider_modelarts import transfer
 from airflow_provider_modelarts.exceptions import (
+    ModelArtsApiError,
+    ModelArtsAuthError,
     ModelArtsLogLinkExpiredError,
     ModelArtsLogTransferError,
+    ModelArtsTransportError,
     ModelArtsValidationError,
 )
 from airflow_provider_modelarts.transfer import (
@@ -512,3 +516,111 @@ def test_staging_file_is_locked_while_written(dest, tmp_path):
             chunk_size=16 * 1024,
         )
     assert seen == [True]  # the second connection finds the first one's staging file locked
+
+
+class FlakyLinkSource(FakeSource):
+    """The link API fails with ``errors`` (one per call, in order) after the first link."""
+
+    def __init__(self, obs, errors):
+        super().__init__(obs)
+        self.errors = list(errors)
+        self.calls = 0
+
+    def get_task_log_url(self, training_job_id, task_id, download=False):
+        self.calls += 1
+        if self.calls > 1 and self.errors:
+            raise self.errors.pop(0)
+        return super().get_task_log_url(training_job_id, task_id, download)
+
+
+def _api_503():
+    return ModelArtsApiError("ModelArts answered 503", status_code=503, error_code="ModelArts.0001")
+
+
+def test_link_api_5xx_burst_beyond_hook_retries_is_an_interruption(dest, tmp_path, monkeypatch):
+    data = make_log(400_000)
+    sleeps: list[float] = []
+    monkeypatch.setattr(transfer.time, "sleep", sleeps.append)
+    errors = [_api_503(), ModelArtsTransportError("connection refused"), _api_503()]
+    with FakeObs({"worker-0": data}, script=[("drop", 150_000)]) as obs:
+        src = FlakyLinkSource(obs, errors)
+        res = archive_task_log(
+            src,
+            "job-1",
+            "worker-0",
+            dest / "job-1" / "worker-0.log",
+            phase="Completed",
+            retry_wait=0.5,
+            chunk_size=16 * 1024,
+        )
+    assert (tmp_path / "archive" / "job-1" / "worker-0.log").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert src.calls == 5 and res.attempts == 2
+    assert obs.gets[0]["range"] is None and obs.gets[1]["range"] == "bytes=147456-"  # resumed, not restarted
+    assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff between the failed link requests
+
+
+def test_link_api_errors_use_up_the_attempt_budget(dest, tmp_path):
+    data = make_log(200_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
+        src = FlakyLinkSource(obs, [_api_503() for _ in range(20)])
+        with pytest.raises(ModelArtsLogTransferError, match="after 4 interruptions") as ei:
+            archive_task_log(
+                src,
+                "job-1",
+                "worker-0",
+                dest / "job-1" / "worker-0.log",
+                phase="Completed",
+                max_attempts=3,
+                retry_wait=0,
+            )
+    assert "503" in str(ei.value)
+    assert src.calls == 4  # first link + 3 failed refreshes (the 4th interruption gives up)
+    assert files_under(tmp_path / "archive") == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModelArtsAuthError("denied", status_code=403, error_code="ModelArts.0003"),
+        ModelArtsApiError("not found", status_code=404),
+        ModelArtsAuthError("unauthorised", status_code=401),
+    ],
+)
+def test_link_api_non_retryable_errors_fail_at_once(dest, tmp_path, error):
+    data = make_log(200_000)
+    with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
+        src = FlakyLinkSource(obs, [error, _api_503()])
+        with pytest.raises(type(error)):
+            archive_task_log(
+                src, "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed", retry_wait=0
+            )
+    assert src.calls == 2
+    assert files_under(tmp_path / "archive") == []
+
+
+def test_log_store_5xx_after_hook_retries_is_an_interruption(dest, tmp_path):
+    data = make_log(200_000)
+
+    class Flaky503Store(FakeSource):
+        opened = 0
+
+        def open_log_stream(self, url, *, offset=0, timeout=None):
+            Flaky503Store.opened += 1
+            if Flaky503Store.opened == 2:
+                raise ModelArtsApiError("OBS answered 503", status_code=503, error_code="ServiceUnavailable")
+            return super().open_log_stream(url, offset=offset, timeout=timeout)
+
+    with FakeObs({"worker-0": data}, script=[("drop", 60_000)]) as obs:
+        res = archive_task_log(
+            Flaky503Store(obs),
+            "job-1",
+            "worker-0",
+            dest / "job-1" / "worker-0.log",
+            phase="Completed",
+            retry_wait=0,
+            chunk_size=16 * 1024,
+        )
+        assert obs.links == 3  # after the drop, and again after the 503
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert [g["range"] for g in obs.gets] == [None, "bytes=49152-"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.providers.standard.sensors.time_delta import TimeDeltaSensor
+from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import DAG
 
 
@@ -24,6 +24,12 @@ with DAG(
     catchup=False,
     tags=["reliability"],
 ) as dag:
-    wait = TimeDeltaSensor(task_id="wait_deferred", delta=timedelta(seconds=5), deferrable=True, timeout=120)
+    # The target is rendered when the task starts, so the task always defers, however late the
+    # scheduler picks it up on a loaded machine.
+    wait = DateTimeSensorAsync(
+        task_id="wait_deferred",
+        target_time="{{ (macros.datetime.utcnow() + macros.timedelta(seconds=6)).isoformat() }}",
+        timeout=120,
+    )
     done = PythonOperator(task_id="write_marker", python_callable=_write_marker)
     wait >> done

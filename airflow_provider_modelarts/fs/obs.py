@@ -30,6 +30,11 @@ def __getattr__(name: str) -> Any:
         cls = _obs_filesystem_class()
         globals()[name] = cls
         return cls
+    if name == "OBSPath":
+        # universal-pathlib entry point: importing this module registered the obs:// flavour already.
+        from upath.implementations.cloud import CloudPath
+
+        return CloudPath
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

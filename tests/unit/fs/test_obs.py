@@ -126,3 +126,28 @@ def test_write_bytes_atomically_small_object(obs_moto_conn, s3_bucket):
     target = ObjectStoragePath(f"obs://{s3_bucket}/m/manifest.json", conn_id=obs_moto_conn)
     write_bytes_atomically(target, b"{}")
     assert target.read_bytes() == b"{}"
+
+
+def test_obs_paths_work_without_importing_the_provider_first(tmp_path):
+    """Entry points make obs:// known to fsspec and universal-pathlib in a fresh process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from airflow.sdk import ObjectStoragePath\n"
+        "p = ObjectStoragePath('obs://bucket/dir/key.log', conn_id='modelarts_default')\n"
+        "print(p.bucket, p.key, type(p.fs).__name__)\n"
+    )
+    conn = {
+        "conn_type": "modelarts",
+        "login": "EXAMPLEAK0000000001",
+        "password": "ExampleSecretKey000000000000",
+        "extra": {"project_id": "p1", "region": "cn-north-4"},
+    }
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW_CONN_MODELARTS_DEFAULT": json.dumps(conn)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1].split() == ["bucket", "dir/key.log", "OBSFileSystem"]
+    assert "not explicitly implemented" not in out.stdout + out.stderr

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -20,8 +19,6 @@ from airflow_provider_modelarts.exceptions import (
 )
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
 from airflow_provider_modelarts.states import TrainingJobPhase
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SUCCESS_PHASES: tuple[str, ...] = (TrainingJobPhase.COMPLETED.value,)
 DEFAULT_FAILURE_PHASES: tuple[str, ...] = (
@@ -111,18 +108,17 @@ class _SharedHook:
     hook: ModelArtsAsyncHook
     in_flight: asyncio.Semaphore
     users: int = 0
-    ready: asyncio.Lock = field(default_factory=asyncio.Lock)
-    prepared: bool = False
 
 
 class _SharedHooks:
     """One ``ModelArtsAsyncHook`` (so one httpx client) per event loop and connection id.
 
     Hundreds of triggers watching jobs in one triggerer share a connection pool instead of each
-    opening its own; the last trigger to leave closes the client. A semaphore caps the polls in
-    flight per client: httpcore's pool does work proportional to its queue length for every request
-    it assigns, so hundreds of simultaneous requests queued inside it cost quadratic CPU on the event
-    loop, while waiting on a semaphore costs nothing.
+    opening its own; the last trigger to leave closes the client. The hook reads the connection and
+    builds its client once, off the event loop (:meth:`ModelArtsAsyncHook.get_client`). A semaphore caps
+    the polls in flight per client: httpcore's pool does work proportional to its queue length for
+    every request it assigns, so hundreds of simultaneous requests queued inside it cost quadratic CPU
+    on the event loop, while waiting on a semaphore costs nothing.
     """
 
     max_in_flight = 32
@@ -130,21 +126,12 @@ class _SharedHooks:
     def __init__(self) -> None:
         self._hooks: dict[tuple[int, str], _SharedHook] = {}
 
-    async def acquire(self, conn_id: str, factory: Any) -> _SharedHook:
+    def acquire(self, conn_id: str, factory: Callable[[str], ModelArtsAsyncHook]) -> _SharedHook:
         key = (id(asyncio.get_running_loop()), conn_id)
         entry = self._hooks.get(key)
         if entry is None:
             entry = self._hooks[key] = _SharedHook(factory(conn_id), asyncio.Semaphore(self.max_in_flight))
         entry.users += 1
-        try:
-            if not entry.prepared:
-                async with entry.ready:
-                    if not entry.prepared:
-                        await _prepare_client(entry.hook)
-                        entry.prepared = True
-        except BaseException:
-            await self.release(conn_id)
-            raise
         return entry
 
     async def release(self, conn_id: str) -> None:
@@ -159,24 +146,6 @@ class _SharedHooks:
 
     def __len__(self) -> int:
         return len(self._hooks)
-
-
-async def _prepare_client(hook: Any) -> None:
-    """Read the connection and build the HTTP client off the event loop.
-
-    Building an ``httpx`` client loads the CA bundle into a new SSL context, which takes 50-100 ms of
-    CPU: done inline by the first poll it would stall every other trigger of the triggerer.
-    """
-    get_config = getattr(hook, "get_config", None)
-    get_client = getattr(hook, "_get_client", None)
-    if get_config is None or get_client is None:
-        return
-    try:
-        config = await get_config()
-        await asyncio.to_thread(get_client, config)
-    except Exception as e:
-        # The first poll will meet (and report) the same problem.
-        log.debug("Could not prepare the ModelArts HTTP client ahead of the first poll: %s", e)
 
 
 shared_hooks = _SharedHooks()
@@ -243,7 +212,7 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            shared = await shared_hooks.acquire(self.modelarts_conn_id, self.hook_factory)
+            shared = shared_hooks.acquire(self.modelarts_conn_id, self.hook_factory)
         except Exception as e:
             yield self._event("error", None, f"Cannot watch training job {self.training_job_id}: {e}")
             return

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 from unittest import mock
 
@@ -974,6 +975,44 @@ class TestAsyncHook:
             request.method, str(request.url), headers=dict(request.headers), data=request.content
         ).prepare()
         assert _verify_signature(wrapped)
+
+    def test_client_built_once_off_the_loop_for_concurrent_callers(self, use_conn, monkeypatch):
+        use_conn(_aksk_conn())
+        hook, rec = self._hook(lambda req, n: httpx.Response(200, json={"n": n}))
+        builds, reads = [], []
+        build = ModelArtsAsyncHook._build_client
+        read = ModelArtsAsyncHook._read_config
+
+        def record_build(self, config):
+            builds.append(threading.current_thread() is threading.main_thread())
+            return build(self, config)
+
+        async def record_read(self):
+            reads.append(1)
+            return await read(self)
+
+        monkeypatch.setattr(ModelArtsAsyncHook, "_build_client", record_build)
+        monkeypatch.setattr(ModelArtsAsyncHook, "_read_config", record_read)
+
+        async def go():
+            try:
+                results = await asyncio.gather(*(hook.get_training_job("job-1") for _ in range(20)))
+                await hook.warm_up()
+                return results
+            finally:
+                await hook.close()
+
+        assert len(_run(go())) == 20
+        assert builds == [False]
+        assert reads == [1]
+        assert len(rec.requests) == 20
+
+    def test_warm_up_reports_a_bad_connection(self, use_conn):
+        use_conn({"conn_type": "modelarts", "login": AK, "password": SK, "extra": {}})
+        hook, rec = self._hook(lambda req, n: httpx.Response(200, json={}))
+        with pytest.raises(ModelArtsConfigError, match="project_id"):
+            _run(hook.warm_up())
+        assert rec.requests == []
 
     def test_retries_then_success(self, use_conn):
         use_conn(_aksk_conn())

@@ -317,23 +317,38 @@ def test_polls_in_flight_are_capped(monkeypatch):
     assert state["max"] == 4
 
 
-def test_client_is_prepared_once_off_the_loop(monkeypatch):
-    import threading
+def test_triggers_share_one_real_hook_and_its_client(monkeypatch):
+    hooks = []
 
-    prepared = []
+    class CountingHook(trigger_module.ModelArtsAsyncHook):
+        def __init__(self, conn_id, **kwargs):
+            super().__init__(conn_id, **kwargs)
+            hooks.append(self)
+            self.builds = 0
 
-    class PreparingHook(FakeAsyncHook):
-        async def get_config(self):
-            return "config"
+        def _build_client(self, config):
+            self.builds += 1
+            return super()._build_client(config)
 
-        def _get_client(self, config):
-            prepared.append((config, threading.current_thread() is threading.main_thread()))
+    def handler(request):
+        return httpx.Response(200, json=job_body("Completed"))
 
-    hook = PreparingHook([job_body("Completed")])
-    monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: hook))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MODELARTS_DEFAULT",
+        '{"conn_type": "modelarts", "login": "AK", "password": "SK",'
+        ' "extra": {"project_id": "p1", "endpoint": "http://127.0.0.1:9"}}',
+    )
+    monkeypatch.setattr(
+        ModelArtsTrainingJobTrigger,
+        "hook_factory",
+        staticmethod(lambda conn_id: CountingHook(conn_id, transport=httpx.MockTransport(handler))),
+    )
 
     async def main():
         return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(JOB)) for _ in range(5)))
 
-    asyncio.run(main())
-    assert prepared == [("config", False)]
+    results = asyncio.run(main())
+    assert all(r[0]["status"] == "success" for r in results)
+    assert len(hooks) == 1
+    assert hooks[0].builds == 1
+    assert len(shared_hooks) == 0

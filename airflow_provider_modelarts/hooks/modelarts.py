@@ -577,13 +577,21 @@ def log_url_expires_at(url: str, *, default_ttl: int = DEFAULT_LOG_LINK_TTL) -> 
     return datetime.now(timezone.utc) + timedelta(seconds=default_ttl)
 
 
-def _validate_http_url(
-    url: Any, *, what: str, status_code: int | None = None, request_id: str | None = None
-) -> str:
+def _absolute_http_url(url: Any) -> str | None:
+    """``url`` stripped if it is an absolute http(s) URL, else ``None``."""
     if isinstance(url, str):
         parts = urlsplit(url.strip())
         if parts.scheme in ("http", "https") and parts.hostname:
             return url.strip()
+    return None
+
+
+def _validate_http_url(
+    url: Any, *, what: str, status_code: int | None = None, request_id: str | None = None
+) -> str:
+    valid = _absolute_http_url(url)
+    if valid is not None:
+        return valid
     raise ModelArtsResponseError(
         f"{what} is not an absolute http(s) URL",
         status_code=status_code,
@@ -609,6 +617,26 @@ class _Call:
     authenticated: bool = True
     training_job_id: str | None = None
     error_kind: str = "api"  # "api" (ModelArts/IAM JSON errors) or "obs" (pre-signed URL, XML errors)
+
+    def no_answer(self, err: Exception) -> ModelArtsTransportError:
+        """The error for an attempt that got no HTTP answer (only the error type: its text may hold the URL)."""
+        return ModelArtsTransportError(
+            f"{self.method} {self.path} got no answer: {type(err).__name__}",
+            method=self.method,
+            path=self.path,
+        )
+
+    def error_answer(self, status: int, headers: Mapping[str, str], body: bytes) -> ModelArtsError:
+        """The error for a non-2xx answer (see :func:`build_api_error`)."""
+        return build_api_error(
+            status,
+            headers,
+            body,
+            method=self.method,
+            path=self.path,
+            training_job_id=self.training_job_id,
+            error_kind=self.error_kind,
+        )
 
 
 def _error_fields_from_json(payload: Any) -> tuple[str | None, str | None]:
@@ -839,6 +867,18 @@ class _ModelArtsBase:
             training_job_id=training_job_id,
         )
 
+    @classmethod
+    def _log_url_call(
+        cls, config: ModelArtsConnectionConfig, training_job_id: str, task_id: str, download: bool
+    ) -> _Call:
+        return cls._api_call(
+            config,
+            "get_task_log_url",
+            training_job_id=training_job_id,
+            task_id=task_id,
+            content_type="application/octet-stream" if download else "text/plain",
+        )
+
     @staticmethod
     def _token_call(config: ModelArtsConnectionConfig) -> _Call:
         request = build_token_request(
@@ -939,11 +979,7 @@ class _ModelArtsBase:
 
     @staticmethod
     def _preview_from(call: _Call, payload: Any, status: int) -> dict[str, Any]:
-        if not isinstance(payload, dict):
-            payload = None
-        content = None
-        if payload is not None:
-            content = payload.get("content", payload.get("context"))
+        content = payload.get("content", payload.get("context")) if isinstance(payload, dict) else None
         if not isinstance(content, str):
             raise ModelArtsResponseError(
                 f"ModelArts {call.method} {call.path} answered without a text 'content'",
@@ -951,7 +987,6 @@ class _ModelArtsBase:
                 method=call.method,
                 path=call.path,
             )
-        assert payload is not None
         size = len(content.encode("utf-8"))
 
         def as_int(key: str, default: int) -> int:
@@ -1011,6 +1046,16 @@ class _ModelArtsBase:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 50:
             raise ModelArtsValidationError(f"page_size must be an integer from 1 to 50, got {page_size!r}")
 
+    def _forget_refused_token(
+        self, config: ModelArtsConnectionConfig, token: str, err: ModelArtsApiError
+    ) -> bool:
+        """Whether ``err`` is ModelArts refusing the IAM ``token`` (401); if so, drop it from the cache."""
+        if not (isinstance(err, ModelArtsAuthError) and err.status_code == 401):
+            return False
+        log.info("ModelArts refused the cached IAM token; getting a new one and retrying once.")
+        TOKEN_CACHE.invalidate(config.token_key, token)
+        return True
+
     @staticmethod
     def _console_url(config: ModelArtsConnectionConfig, training_job_id: str) -> str:
         job = _quote_segment(validate_resource_id(training_job_id))
@@ -1019,13 +1064,9 @@ class _ModelArtsBase:
         host = (
             "console-intl.huaweicloud.com"
             if config.region.startswith(_INTL_REGION_PREFIXES)
-            else ("console.huaweicloud.com")
+            else "console.huaweicloud.com"
         )
         return f"https://{host}/modelarts/?region={config.region}#/trainingJobs/{job}"
-
-
-def _is_token_refusal(exc: ModelArtsApiError) -> bool:
-    return isinstance(exc, ModelArtsAuthError) and exc.status_code == 401
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1098,7 +1139,6 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         token: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
-        retry: bool = True,
     ) -> requests.Response:
         """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
         config = self.config
@@ -1118,11 +1158,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                     allow_redirects=call.error_kind == "obs",
                 )
             except requests.RequestException as err:
-                raise ModelArtsTransportError(
-                    f"{call.method} {call.path} got no answer: {type(err).__name__}",
-                    method=call.method,
-                    path=call.path,
-                ) from err
+                raise call.no_answer(err) from err
             if 200 <= response.status_code < 300:
                 return response
             try:
@@ -1133,18 +1169,8 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                 raw = b""
             finally:
                 response.close()
-            raise build_api_error(
-                response.status_code,
-                response.headers,
-                raw or b"",
-                method=call.method,
-                path=call.path,
-                training_job_id=call.training_job_id,
-                error_kind=call.error_kind,
-            )
+            raise call.error_answer(response.status_code, response.headers, raw or b"")
 
-        if not retry:
-            return attempt()
         return tenacity.Retrying(**self._retry_kwargs(config))(attempt)
 
     def _token(self) -> str:
@@ -1156,23 +1182,19 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
 
         return TOKEN_CACHE.get(config.token_key, fetch).token
 
-    def _api(self, call: _Call) -> requests.Response:
-        """Send an authenticated ModelArts call; with token auth, re-authenticate once on a 401."""
+    def _api_json(self, call: _Call) -> tuple[Any, requests.Response]:
+        """Send an authenticated ModelArts call (with token auth, re-authenticate once on a 401); parse JSON."""
         config = self.config
         if config.auth_type != "token":
-            return self._send(call)
-        token = self._token()
-        try:
-            return self._send(call, token=token)
-        except ModelArtsApiError as err:
-            if not _is_token_refusal(err):
-                raise
-            self.log.info("ModelArts refused the cached IAM token; getting a new one and retrying once.")
-            TOKEN_CACHE.invalidate(config.token_key, token)
-        return self._send(call, token=self._token())
-
-    def _api_json(self, call: _Call) -> tuple[Any, requests.Response]:
-        response = self._api(call)
+            response = self._send(call)
+        else:
+            token = self._token()
+            try:
+                response = self._send(call, token=token)
+            except ModelArtsApiError as err:
+                if not self._forget_refused_token(config, token, err):
+                    raise
+                response = self._send(call, token=self._token())
         return self._json(call, response.status_code, response.headers, response.content), response
 
     # -- API --------------------------------------------------------------------------------------
@@ -1260,13 +1282,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         :param task_id: the task id, e.g. ``worker-0``.
         :param download: a download link (``application/octet-stream``) instead of a preview link.
         """
-        call = self._api_call(
-            self.config,
-            "get_task_log_url",
-            training_job_id=training_job_id,
-            task_id=task_id,
-            content_type="application/octet-stream" if download else "text/plain",
-        )
+        call = self._log_url_call(self.config, training_job_id, task_id, download)
         payload, response = self._api_json(call)
         return self._log_url_from(call, payload, response.status_code, response.headers.get("X-Request-Id"))
 
@@ -1332,13 +1348,10 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
 def _obs_call(url: str, offset: int) -> _Call:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ModelArtsValidationError(f"offset must be an integer >= 0, got {offset!r}")
-    if (
-        not isinstance(url, str)
-        or urlsplit(url.strip()).scheme not in ("http", "https")
-        or not urlsplit(url.strip()).hostname
-    ):
+    valid = _absolute_http_url(url)
+    if valid is None:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
-    url = url.strip()
+    url = valid
     mask_signed_url(url)
     headers = {"User-Agent": USER_AGENT}
     if offset > 0:
@@ -1492,21 +1505,11 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
                     call.method, url, headers=headers, content=body, timeout=request_timeout
                 )
             except httpx.HTTPError as err:
-                raise ModelArtsTransportError(
-                    f"{call.method} {call.path} got no answer: {type(err).__name__}",
-                    method=call.method,
-                    path=call.path,
-                ) from err
+                raise call.no_answer(err) from err
             if 200 <= response.status_code < 300:
                 return response
-            raise build_api_error(
-                response.status_code,
-                response.headers,
-                response.content[:_ERROR_BODY_LIMIT],
-                method=call.method,
-                path=call.path,
-                training_job_id=call.training_job_id,
-                error_kind=call.error_kind,
+            raise call.error_answer(
+                response.status_code, response.headers, response.content[:_ERROR_BODY_LIMIT]
             )
 
         return await tenacity.AsyncRetrying(**self._retry_kwargs(config))(attempt)
@@ -1539,10 +1542,8 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             try:
                 response = await self._send(call, token=token)
             except ModelArtsApiError as err:
-                if not _is_token_refusal(err):
+                if not self._forget_refused_token(config, token, err):
                     raise
-                self.log.info("ModelArts refused the cached IAM token; getting a new one and retrying once.")
-                TOKEN_CACHE.invalidate(config.token_key, token)
                 response = await self._send(call, token=await self._token())
         return self._json(call, response.status_code, response.headers, response.content), response
 
@@ -1562,13 +1563,7 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         :param task_id: the task id.
         :param download: a download link instead of a preview link.
         """
-        call = self._api_call(
-            await self.get_config(),
-            "get_task_log_url",
-            training_job_id=training_job_id,
-            task_id=task_id,
-            content_type="application/octet-stream" if download else "text/plain",
-        )
+        call = self._log_url_call(await self.get_config(), training_job_id, task_id, download)
         payload, response = await self._api_json(call)
         secrets: list[str] = []
         url = self._log_url_from(

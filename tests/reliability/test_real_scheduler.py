@@ -15,6 +15,8 @@ with ``airflow dags reserialize`` instead of running a ``dag-processor``, which 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 import signal
@@ -22,6 +24,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,6 +243,40 @@ def _assert_went_through_triggerer(cluster: AirflowCluster, dag_id: str, run_id:
     assert job_types == {"TriggererJob"}, f"trigger ran in {job_types}, not the separate triggerer"
 
 
+def _plugin_from_docs() -> str:
+    """The plugin snippet exactly as ``docs/sensor.md`` documents it (section "Extra links")."""
+    text = (REPO_ROOT / "docs" / "sensor.md").read_text()
+    block = text.split("# plugins/modelarts_links.py", 1)[1].split("```", 1)[0]
+    return textwrap.dedent(block)
+
+
+def _api_token(cluster: AirflowCluster) -> str:
+    """A JWT for the simple auth manager's generated ``admin`` user."""
+    passwords = json.loads((cluster.home / "simple_auth_manager_passwords.json.generated").read_text())
+    response = requests.post(
+        f"http://127.0.0.1:{cluster.port}/auth/token",
+        json={"username": "admin", "password": passwords["admin"]},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def _task_links(
+    cluster: AirflowCluster, token: str, dag_id: str, run_id: str, task_id: str
+) -> tuple[dict, float]:
+    """``GET .../taskInstances/{task_id}/links`` from the API server: the links and the call's seconds."""
+    started = time.monotonic()
+    response = requests.get(
+        f"http://127.0.0.1:{cluster.port}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    return response.json()["extra_links"], elapsed
+
+
 def test_deferral_crosses_scheduler_worker_and_triggerer(tmp_path: Path) -> None:
     marker_dir = tmp_path / "markers"
     marker_dir.mkdir()
@@ -264,9 +301,14 @@ def test_provider_deferrable_sensor_and_archive_through_real_scheduler(
     tmp_path: Path, emulator_factory
 ) -> None:
     """``example_modelarts_after_training`` end to end: the deferrable sensor waits in the separate triggerer,
-    the log links it pushes are used by a downstream task, and the archive lands complete and verified."""
-    import json
+    the log links it pushes are used by a downstream task, and the archive lands complete and verified.
+
+    ``AIRFLOW_HOME/plugins`` holds the plugin from ``docs/sensor.md`` that registers
+    :class:`~airflow_provider_modelarts.links.modelarts.ModelArtsTaskLogPreviewLink` as a global extra
+    link: each time the API server is asked for the sensor's links it mints a new OBS link that serves
+    the log, while the link from the previous view has expired."""
     import shutil
+    from urllib.parse import parse_qs, urlsplit
 
     from airflow_provider_modelarts.emulator import DEFAULT_SK
     from tests.reliability._secrets import find_leaks, read_tree
@@ -286,6 +328,9 @@ def test_provider_deferrable_sensor_and_archive_through_real_scheduler(
         "MODELARTS_POLL_INTERVAL": "1",
     }
     run_id = "reliability_provider_1"
+    plugins = tmp_path / "home" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "modelarts_links.py").write_text(_plugin_from_docs())
     with airflow_cluster(tmp_path / "home", dags, env) as cluster:
         # The job starts now and finishes ~35 s later (CLI, scheduling and worker start take 10-20 s on
         # 2 cores), so the sensor finds it still running and defers.
@@ -317,6 +362,82 @@ def test_provider_deferrable_sensor_and_archive_through_real_scheduler(
             assert final.stat().st_size == size
             entry = next(e for e in manifest["tasks"] if e["task_id"] == task)
             assert entry["sha256"] == emu.log_sha256(job_id, task)
+
+        # The global preview link, resolved by the API server at every view. Links now live 4 s, and the
+        # second view comes after the first view's link has expired.
+        preview = "ModelArts Task Log (preview)"
+        token = _api_token(cluster)
+        emu.knobs.link_ttl = 4
+        views: list[tuple[str, int, float]] = []
+        for view in range(2):
+            if views:
+                time.sleep(max(0.0, views[-1][1] - time.time()) + 0.2)
+            before = dict(emu.counters)
+            links, elapsed = _task_links(cluster, token, dag_id, run_id, "wait_for_training")
+            after = dict(emu.counters)
+            console = links["ModelArts Training Job"]
+            assert console and job_id in console, links
+            url = links[preview]
+            assert url and url.startswith(f"{emu.url}/"), links
+            assert after.get("log_url", 0) == before.get("log_url", 0) + 1, (before, after)
+            expires = int(parse_qs(urlsplit(url).query)["Expires"][0])
+            assert expires > time.time(), (url.split("?")[0], expires)
+            body = requests.get(url, timeout=30)
+            assert body.status_code == 200, body.text[:300]
+            assert hashlib.sha256(body.content).hexdigest() == emu.log_sha256(job_id, "worker-0")
+            views.append((url, expires, elapsed))
+            print(f"links view {view + 1}: {elapsed * 1000:.0f} ms")
+        (first_url, first_expires, _), (second_url, second_expires, _) = views
+        assert second_expires > first_expires and second_url != first_url
+        expired = requests.get(first_url, timeout=30)
+        assert expired.status_code == 403 and "Request has expired" in expired.text, expired.text[:300]
+        # A task that stored no job gets no preview link and costs ModelArts nothing.
+        before_log_url = emu.counters["log_url"]
+        links, _ = _task_links(cluster, token, dag_id, run_id, "download_logs")
+        assert links.get(preview) is None, links
+        assert emu.counters["log_url"] == before_log_url
+        # ModelArts answering slower than the link's 3 s timeout: the view still answers, with the
+        # console link in place of the preview.
+        emu.knobs.latency = 6
+        links, elapsed = _task_links(cluster, token, dag_id, run_id, "wait_for_training")
+        emu.knobs.latency = 0
+        print(f"links view with ModelArts 6 s slow: {elapsed * 1000:.0f} ms")
+        assert links[preview] == links["ModelArts Training Job"], links
+        assert elapsed < 5.5, elapsed
+        # A connection stored in the metadata database (created through the REST API, unknown to the
+        # environment) serves the link too: the API server reads connections from its database.
+        api = f"http://127.0.0.1:{cluster.port}/api/v2"
+        auth = {"Authorization": f"Bearer {token}"}
+        conn = json.loads(emu.connection_json())
+        created = requests.post(
+            f"{api}/connections",
+            headers=auth,
+            json={
+                "connection_id": "modelarts_in_db",
+                "conn_type": conn["conn_type"],
+                "login": conn["login"],
+                "password": conn["password"],
+                "extra": json.dumps(conn["extra"]),
+            },
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        xcom_url = f"{api}/dags/{dag_id}/dagRuns/{run_id}/taskInstances/wait_for_training/xcomEntries"
+        stored = requests.get(f"{xcom_url}/modelarts_training_job", headers=auth, timeout=30).json()["value"]
+        assert stored["modelarts_conn_id"] == "modelarts_default", stored
+        patched = requests.patch(
+            f"{xcom_url}/modelarts_training_job",
+            headers=auth,
+            json={"value": {**stored, "modelarts_conn_id": "modelarts_in_db"}},
+            timeout=30,
+        )
+        assert patched.status_code == 200, patched.text
+        before_log_url = emu.counters["log_url"]
+        links, elapsed = _task_links(cluster, token, dag_id, run_id, "wait_for_training")
+        print(f"links view with the connection in the database: {elapsed * 1000:.0f} ms")
+        assert (links[preview] or "").startswith(f"{emu.url}/"), links
+        assert emu.counters["log_url"] == before_log_url + 1
+        emu.knobs.link_ttl = 300
 
         # Task logs as Airflow stores them, and every component's output: no SK, no link signature.
         everything = read_tree(cluster.home / "logs") + "".join(cluster.output(n) for n in cluster.procs)

@@ -174,7 +174,8 @@ def _open_locked_staging(parent: str, name: str) -> tuple[str, Any]:
     """Create and ``flock`` a new staging file for ``name`` in ``parent``; return its path and file."""
     while True:
         path = os.path.join(parent, _staging_name(name))
-        fh = open(path, "xb")  # noqa: SIM115 - closed by StagedObject
+        # Unbuffered: every write goes straight to the file descriptor (one C call, GIL released).
+        fh = open(path, "xb", buffering=0)  # noqa: SIM115 - closed by StagedObject
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             # A cleaner may have taken the lock between create and flock and removed the file.
@@ -223,12 +224,15 @@ class StagedObject:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data``."""
-        if self._tmp is not None and len(data) > LOCAL_WRITE_SLICE:
-            # Measured on Linux (1 GiB logs): writing a received 4 MiB buffer in 16 KiB slices ran about
-            # 2x faster than in 256 KiB-4 MiB writes (small copies into the page cache stay cache-hot).
+        if self._local:
+            # Local files take the data in 16 KiB slices through an unbuffered file: measured on Linux
+            # (1 GiB logs), that cost about half the kernel CPU time of 256 KiB-4 MiB writes.
             view = memoryview(data)
-            for i in range(0, len(view), LOCAL_WRITE_SLICE):
-                self._fh.write(view[i : i + LOCAL_WRITE_SLICE])
+            write = self._fh.write
+            end = len(view)
+            done = 0
+            while done < end:
+                done += write(view[done : done + LOCAL_WRITE_SLICE])
         else:
             self._fh.write(data)
 

@@ -624,3 +624,34 @@ def test_log_store_5xx_after_hook_retries_is_an_interruption(dest, tmp_path):
         assert obs.links == 3  # after the drop, and again after the 503
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert [g["range"] for g in obs.gets] == [None, "bytes=49152-"]
+
+
+class _SpyFile:
+    def __init__(self, fh):
+        self.fh = fh
+        self.writes: list[int] = []
+
+    def write(self, b):
+        self.writes.append(len(b))
+        return self.fh.write(b)
+
+    def close(self):
+        self.fh.close()
+
+
+def test_local_staging_writes_reach_the_file_at_once_in_slices(tmp_path):
+    from airflow_provider_modelarts.transfer import LOCAL_WRITE_SLICE, StagedObject
+
+    staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/w.log"))
+    staged._fh = spy = _SpyFile(staged._fh)
+    try:
+        staged.write(b"a" * 100)
+        (partial,) = (tmp_path / "out").glob(".w.log.*.partial")
+        assert partial.stat().st_size == 100  # unbuffered: no bytes wait in a user-space buffer
+        staged.write(memoryview(b"b" * (3 * LOCAL_WRITE_SLICE + 5)))
+        assert partial.stat().st_size == 100 + 3 * LOCAL_WRITE_SLICE + 5
+        assert spy.writes == [100, LOCAL_WRITE_SLICE, LOCAL_WRITE_SLICE, LOCAL_WRITE_SLICE, 5]
+        staged.commit()
+    finally:
+        staged.discard()
+    assert (tmp_path / "out" / "w.log").read_bytes() == b"a" * 100 + b"b" * (3 * LOCAL_WRITE_SLICE + 5)

@@ -1074,6 +1074,19 @@ class _ModelArtsBase:
 # ------------------------------------------------------------------------------------------------
 
 
+def _read_connection(get_connection: Callable[[str], Any], conn_id: str) -> Any:
+    """Read a connection; on Airflow < 3.2 report what the secrets backend rejected, not the fallback."""
+    try:
+        return get_connection(conn_id)
+    except ImportError as e:
+        # Outside a task, Airflow < 3.2 falls through to the task supervisor (absent here) when no
+        # secrets backend returns the connection; the backend logs its own reason and raises nothing.
+        raise ModelArtsConfigError(
+            f"Connection {conn_id!r} could not be read: no secrets backend returned it. Check that it "
+            "exists and that its extra is valid JSON (the backend's reason is logged above)."
+        ) from e
+
+
 class ModelArtsHook(BaseHook, _ModelArtsBase):
     """Talk to Huawei Cloud ModelArts (and fetch OBS log links) over HTTP with ``requests``.
 
@@ -1117,7 +1130,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
     @cached_property
     def config(self) -> ModelArtsConnectionConfig:
         """The parsed and validated connection."""
-        conn = self.get_connection(self.modelarts_conn_id)
+        conn = _read_connection(self.get_connection, self.modelarts_conn_id)
         config = ModelArtsConnectionConfig.from_connection(conn)
         if config.verify is False:
             _warn_verify_disabled()
@@ -1436,10 +1449,16 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
 
     async def _read_config(self) -> ModelArtsConnectionConfig:
         getter: Callable[..., Any] | None = getattr(BaseHook, "aget_connection", None)
+        conn = None
         if getter is not None:
-            conn = await getter(self.modelarts_conn_id)
-        else:
-            conn = await asyncio.to_thread(self.get_connection, self.modelarts_conn_id)
+            try:
+                conn = await getter(self.modelarts_conn_id)
+            except ImportError:
+                # Airflow < 3.2 outside a task or triggerer: there is no supervisor to ask; the
+                # blocking lookup (secrets backends, environment) runs in a thread instead.
+                conn = None
+        if conn is None:
+            conn = await asyncio.to_thread(_read_connection, self.get_connection, self.modelarts_conn_id)
         secrets: list[str] = []
         try:
             config = ModelArtsConnectionConfig.from_connection(conn, mask=secrets.append)

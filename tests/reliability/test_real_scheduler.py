@@ -23,7 +23,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -32,10 +31,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fixtures.airflow_cli import AIRFLOW_BIN, REPO_ROOT, airflow_env, run_airflow
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(420)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 HERE_DAGS = Path(__file__).with_name("dags")
 
 
@@ -59,21 +58,13 @@ class AirflowCluster:
         self.port = _free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.db_path = home / "airflow.db"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("AIRFLOW__") and not k.startswith("AIRFLOW_CONN_") and k != "AIRFLOW_HOME"
-        }
-        env.update(
+        self.env = airflow_env(
+            home,
             {
-                "AIRFLOW_HOME": str(home),
-                "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "2",
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(self.port),
@@ -84,19 +75,16 @@ class AirflowCluster:
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 "PYTHONUNBUFFERED": "1",
                 "NO_COLOR": "1",
-            }
+                **(extra_env or {}),
+            },
+            dags_folder=dags_folder,
         )
-        env.update(extra_env or {})
-        self.env = env
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run one ``airflow`` CLI command to completion; raise with its output if it fails."""
-        result = subprocess.run(
-            [str(AIRFLOW_BIN), *args], env=self.env, capture_output=True, text=True, timeout=timeout
-        )
+        result = run_airflow(*args, env=self.env, timeout=timeout)
         if result.returncode != 0:
             raise AssertionError(
                 f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tenacity
 
+from tests.fixtures.airflow_cli import airflow_env, dags_test, migrate
 from tests.reliability._secrets import find_leaks, read_tree
 
 pytestmark = [pytest.mark.integration]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 MiB = 1024 * 1024
 
 
@@ -97,17 +93,9 @@ def _temp_creds_conn(emu: Any, creds: Creds) -> str:
 
 
 def _airflow_env(home: Path, conn: str, archive: Path, job_id: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_")) and k != "AIRFLOW_HOME"
-    }
-    env.update(
+    return airflow_env(
+        home,
         {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "example_dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # INFO, the default: at DEBUG, Airflow 3.3's in-process `dags test` supervisor itself logs every
             # MaskSecret request with its value (InProcessSupervisorComms.send), before any provider code.
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
@@ -115,15 +103,7 @@ def _airflow_env(home: Path, conn: str, archive: Path, job_id: str) -> dict[str,
             "MODELARTS_TRAINING_JOB_ID": job_id,
             "MODELARTS_ARCHIVE_DESTINATION": archive.as_uri(),
             "MODELARTS_POLL_INTERVAL": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        }
-    )
-    return env
-
-
-def _run(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(AIRFLOW_BIN), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+        },
     )
 
 
@@ -141,11 +121,10 @@ def test_example_dag_task_logs_and_xcom_hold_no_secrets(secret_emulator, tmp_pat
     ]
     outputs = []
     env = _airflow_env(home, runs[0][1], archive, "sec-job")
-    migrated = _run(env, "db", "migrate")
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    migrate(env)
     for dag_id, conn in runs:
         env = _airflow_env(home, conn, archive, "sec-job")
-        result = _run(env, "dags", "test", dag_id)
+        result = dags_test(env, dag_id, timeout=240, check=False)
         outputs.append(result.stdout + result.stderr)
         db = sqlite3.connect(home / "airflow.db")
         state = db.execute(

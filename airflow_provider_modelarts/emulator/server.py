@@ -921,9 +921,11 @@ class ModelArtsEmulator:
             return
         limit: int | None = None
         with self._lock:
-            if self.knobs.drop_after_bytes is not None and self.knobs.drop_downloads > 0:
+            cut = self.knobs.drop_after_bytes
+            # Only a download that is longer than the cut uses up a drop, so each counted drop is real.
+            if cut is not None and self.knobs.drop_downloads > 0 and max(0, int(cut)) < end - start:
                 self.knobs.drop_downloads -= 1
-                limit = max(0, int(self.knobs.drop_after_bytes))
+                limit = max(0, int(cut))
                 self.counters.add("dropped")
         handler.stream(task.log, start, end, limit)
 

@@ -32,6 +32,7 @@ class Knobs:
     :param link_ttl: lifetime in seconds of new OBS links (``Expires = now + link_ttl``).
     :param drop_after_bytes: close the socket after this many body bytes of an OBS download.
     :param drop_downloads: how many OBS downloads are cut (counts down); needs ``drop_after_bytes``.
+        A download no longer than ``drop_after_bytes`` is sent whole and does not count.
     :param throttle_ratio: share (0..1) of ModelArts API calls answered 429 ``APIG.0308``; deterministic
         (every ``1/ratio``-th call), not random.
     :param retry_after: value of the ``Retry-After`` header on 429 answers; None sends no header.

@@ -440,6 +440,20 @@ def test_drop_after_bytes(emulator, api):
     assert emulator.counters["bytes_served"] == 2000 + 524288
 
 
+def test_download_shorter_than_the_cut_is_sent_whole_and_keeps_the_drop(emulator, api):
+    size = emulator.log_size("job-multi", "worker-1")
+    emulator.knobs.drop_after_bytes = size
+    emulator.knobs.drop_downloads = 1
+    url = api.link("job-multi", "worker-1")
+    whole = requests.get(url, timeout=10)
+    assert hashlib.sha256(whole.content).hexdigest() == emulator.log_sha256("job-multi", "worker-1")
+    assert emulator.counters["dropped"] == 0 and emulator.knobs.drop_downloads == 1
+    emulator.knobs.drop_after_bytes = size - 1
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(url, timeout=10).content  # noqa: B018
+    assert emulator.counters["dropped"] == 1 and emulator.knobs.drop_downloads == 0
+
+
 def test_drop_then_resume_with_range(emulator, api):
     emulator.knobs.drop_after_bytes = 300_000
     emulator.knobs.drop_downloads = 1

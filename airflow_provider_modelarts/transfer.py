@@ -143,13 +143,15 @@ def _remove_stale_staging(parent: str, name: str) -> None:
     taken was left behind by an interrupted run and is removed; one that is locked is another copy in
     progress and is left alone.
     """
+    prefix = f".{name}."
     pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{{_STAGING_TOKEN_HEX}}}\.partial")
     try:
         entries = os.listdir(parent)
     except OSError:
         return
     for entry in entries:
-        if not pattern.fullmatch(entry):
+        # One listing per copy; the prefix test keeps a folder of thousands of logs cheap to scan.
+        if not entry.startswith(prefix) or not pattern.fullmatch(entry):
             continue
         path = os.path.join(parent, entry)
         try:

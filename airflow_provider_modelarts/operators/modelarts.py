@@ -23,6 +23,7 @@ from airflow_provider_modelarts.transfer import (
     CHUNK_SIZE,
     COMPRESSIONS,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_WAIT,
     ArchiveLayout,
     TrainingJobLogArchiver,
     job_tasks,
@@ -73,6 +74,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         ``{training_job_id}``, ``{task_id}``, ``{job_name}``. (templated)
     :param manifest_template: object path of the manifest relative to ``destination``. (templated)
     :param max_attempts: interruptions (expired link, dropped connection, short read) tolerated per log.
+    :param retry_wait: seconds to wait after a ModelArts or OBS error that outlasted the hook's own
+        retries (5xx, 429, no answer) before asking again; doubles while such errors last, up to a minute.
     :param chunk_size: bytes read at a time.
     """
 
@@ -106,6 +109,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         path_template: str = ArchiveLayout.path_template,
         manifest_template: str = ArchiveLayout.manifest_template,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_wait: float = DEFAULT_RETRY_WAIT,
         chunk_size: int = CHUNK_SIZE,
         **kwargs: Any,
     ) -> None:
@@ -125,6 +129,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         self.path_template = path_template
         self.manifest_template = manifest_template
         self.max_attempts = max_attempts
+        self.retry_wait = retry_wait
         self.chunk_size = chunk_size
 
     @cached_property
@@ -150,6 +155,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsValidationError(f"poll_interval must be a number >= 0, got {self.poll_interval!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ModelArtsValidationError(f"timeout must be None or a number > 0, got {self.timeout!r}")
+        for name, least in (("max_attempts", 0), ("chunk_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ModelArtsValidationError(f"{name} must be an integer >= {least}, got {value!r}")
+        if (
+            isinstance(self.retry_wait, bool)
+            or not isinstance(self.retry_wait, (int, float))
+            or not 0 <= self.retry_wait <= 3600
+        ):
+            raise ModelArtsValidationError(
+                f"retry_wait must be a number of seconds from 0 to 3600, got {self.retry_wait!r}"
+            )
         task_ids: list[str] | None
         if self.task_ids is None:
             task_ids = None
@@ -291,6 +308,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             max_workers=self.max_workers,
             chunk_size=self.chunk_size,
             max_attempts=self.max_attempts,
+            retry_wait=self.retry_wait,
         )
         result = archiver.archive(job, task_ids).to_xcom()
         self._emit_asset_events(context, result)

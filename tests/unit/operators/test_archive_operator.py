@@ -194,6 +194,11 @@ def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, destination,
         {"timeout": -1},
         {"task_ids": [1]},
         {"path_template": "x.log"},
+        {"retry_wait": -1},
+        {"retry_wait": "5"},
+        {"max_attempts": -1},
+        {"chunk_size": 0},
+        {"chunk_size": True},
     ],
 )
 def test_bad_arguments_are_rejected(obs, tmp_path, kwargs):
@@ -246,3 +251,18 @@ def test_each_worker_thread_gets_its_own_hook(obs, tmp_path):
     op.new_hook = lambda: made.append(1) or FakeSource(obs)  # type: ignore[method-assign]
     op.execute(context())
     assert 1 <= len(made) <= 2
+
+
+def test_retry_wait_sets_the_backoff_after_link_errors(tmp_path, monkeypatch):
+    from airflow_provider_modelarts import transfer
+    from tests.unit.test_transfer import FlakyLinkSource, _api_503
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(transfer.time, "sleep", sleeps.append)
+    with FakeObs({"worker-0": LOGS["worker-0"]}, script=[("drop", 100_000)]) as fake_obs:
+        op, _ = make_op(fake_obs, ["Completed"], tmp_path, task_ids=["worker-0"], retry_wait=2.5)
+        source = FlakyLinkSource(fake_obs, [_api_503(), _api_503()])
+        op.new_hook = lambda: source  # type: ignore[method-assign]
+        result = op.execute(context())
+    assert result["tasks"][0]["sha256"] == hashlib.sha256(LOGS["worker-0"]).hexdigest()
+    assert sleeps == [2.5, 5.0]

@@ -635,8 +635,54 @@ class _SpyFile:
         self.writes.append(len(b))
         return self.fh.write(b)
 
+    def fileno(self):
+        return self.fh.fileno()
+
     def close(self):
         self.fh.close()
+
+
+def _direct_flag(staged) -> bool:
+    import fcntl
+
+    return bool(fcntl.fcntl(staged._fh.fileno(), fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
+
+
+def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_back(tmp_path):
+    import mmap
+
+    from airflow_provider_modelarts.transfer import DIRECT_IO_ALIGN, StagedObject
+
+    staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/d.log"))
+    try:
+        if not staged._direct:
+            pytest.skip("this file system does not take direct writes")
+        block = mmap.mmap(-1, 2 * DIRECT_IO_ALIGN)
+        block.write(b"x" * len(block))
+        staged.write(memoryview(block))
+        assert staged._direct and _direct_flag(staged)
+        staged.write(b"tail")  # not a whole block: page cache from here on
+        assert not staged._direct and not _direct_flag(staged)
+        staged.write(memoryview(block))
+        staged.commit()
+    finally:
+        staged.discard()
+    assert (tmp_path / "out" / "d.log").read_bytes() == b"x" * 8192 + b"tail" + b"x" * 8192
+
+
+def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tmp_path):
+    from airflow_provider_modelarts.transfer import DIRECT_IO_ALIGN, StagedObject
+
+    staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/e.log"))
+    # A bytes object's data is never page-aligned, so the kernel refuses it for direct I/O (EINVAL).
+    data = bytes(range(256)) * (2 * DIRECT_IO_ALIGN // 256)
+    try:
+        staged.write(data)
+        staged.write(data)
+        staged.commit()
+    finally:
+        staged.discard()
+    assert (tmp_path / "out" / "e.log").read_bytes() == data + data
 
 
 def test_local_staging_writes_reach_the_file_at_once_in_slices(tmp_path):

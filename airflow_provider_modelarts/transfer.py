@@ -34,6 +34,7 @@ import mmap
 import os
 import posixpath
 import re
+import sys
 import threading
 import time
 import uuid
@@ -178,23 +179,49 @@ def _remove_stale_staging(parent: str, name: str) -> None:
             os.close(fd)
 
 
+# Local block-device file systems on which direct writes are well-behaved and fast (statfs f_type):
+# ext2/3/4, XFS, Btrfs. Elsewhere (NFS and EFS, SMB, FUSE, tmpfs, ...) a direct write can be a
+# synchronous round trip to a server, or refused, so the page cache is used there.
+_DIRECT_IO_FS_TYPES = frozenset({0xEF53, 0x58465342, 0x9123683E})
+
+
+def _fs_type(path: str) -> int | None:
+    """``statfs(2)`` ``f_type`` of the file system holding ``path`` (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return None
+        return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _direct_io_suits(parent: str) -> bool:
+    """Whether staging files in local directory ``parent`` should be written with direct I/O."""
+    return bool(_O_DIRECT) and _fs_type(parent) in _DIRECT_IO_FS_TYPES
+
+
 def _open_direct(path: str, flags: int) -> int:
     """``opener`` for :func:`open`: ask for direct I/O, or plain I/O where the file system refuses it."""
-    if _O_DIRECT:
-        try:
-            return os.open(path, flags | _O_DIRECT, 0o666)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
+    try:
+        return os.open(path, flags | _O_DIRECT, 0o666)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
     return os.open(path, flags, 0o666)
 
 
-def _open_locked_staging(parent: str, name: str) -> tuple[str, Any]:
+def _open_locked_staging(parent: str, name: str, *, direct: bool = False) -> tuple[str, Any]:
     """Create and ``flock`` a new staging file for ``name`` in ``parent``; return its path and file."""
     while True:
         path = os.path.join(parent, _staging_name(name))
         # Unbuffered: every write goes straight to the file descriptor (one C call, GIL released).
-        fh = open(path, "xb", buffering=0, opener=_open_direct)  # noqa: SIM115 - closed by StagedObject
+        fh = open(path, "xb", buffering=0, opener=_open_direct if direct else None)  # noqa: SIM115
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             # A cleaner may have taken the lock between create and flock and removed the file.
@@ -215,9 +242,10 @@ class StagedObject:
       ``autocommit=False``); :meth:`commit` completes it, :meth:`discard` aborts it.
     * Local disk: a hidden temporary sibling ``.{name}.{token}.partial``, locked (``flock``) while it is
       written and renamed over the final name on :meth:`commit`. Staging files of the same name that no
-      live writer holds (left by a killed run) are removed first. Block-aligned writes bypass the page
-      cache (``O_DIRECT``) where the file system allows it; the first write that is not aligned (the
-      tail, or the data after a short read) and everything after it goes through the page cache.
+      live writer holds (left by a killed run) are removed first. On ext4, XFS and Btrfs, block-aligned
+      writes bypass the page cache (``O_DIRECT``); the first write that is not aligned (the tail, or
+      the data after a short read) and everything after it goes through the page cache, as do all
+      writes on other file systems (network and FUSE mounts, tmpfs).
     * Other filesystems: a hidden temporary sibling, moved over the final name on :meth:`commit` and
       deleted on :meth:`discard`.
 
@@ -240,7 +268,7 @@ class StagedObject:
             self._local = True
             os.makedirs(parent, exist_ok=True)
             _remove_stale_staging(parent, name)
-            self._tmp, self._fh = _open_locked_staging(parent, name)
+            self._tmp, self._fh = _open_locked_staging(parent, name, direct=_direct_io_suits(parent))
             self._direct = bool(_O_DIRECT and fcntl.fcntl(self._fh.fileno(), fcntl.F_GETFL) & _O_DIRECT)
         else:
             self._tmp = posixpath.join(parent, _staging_name(name))

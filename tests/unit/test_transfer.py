@@ -670,6 +670,45 @@ def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_ba
     assert (tmp_path / "out" / "d.log").read_bytes() == b"x" * 8192 + b"tail" + b"x" * 8192
 
 
+def test_local_staging_uses_the_page_cache_on_network_and_memory_file_systems(tmp_path, monkeypatch):
+    from airflow_provider_modelarts import transfer
+
+    for fs_type in (0x6969, 0x01021994, 0x65735546, None):  # NFS, tmpfs, FUSE, unknown
+        monkeypatch.setattr(transfer, "_fs_type", lambda path, t=fs_type: t)
+        staged = transfer.StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/n.log"))
+        try:
+            assert not staged._direct and not _direct_flag(staged)
+            staged.write(b"z" * 8192)
+            staged.commit()
+        finally:
+            staged.discard()
+        assert (tmp_path / "out" / "n.log").read_bytes() == b"z" * 8192
+
+
+def test_local_staging_opens_without_direct_io_when_the_kernel_refuses_it(tmp_path, monkeypatch):
+    import errno
+
+    from airflow_provider_modelarts import transfer
+
+    monkeypatch.setattr(transfer, "_fs_type", lambda path: 0xEF53)
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(transfer.os, "open", no_direct)
+    staged = transfer.StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/r.log"))
+    try:
+        assert not staged._direct
+        staged.write(b"q" * 4096)
+        staged.commit()
+    finally:
+        staged.discard()
+    assert (tmp_path / "out" / "r.log").read_bytes() == b"q" * 4096
+
+
 def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tmp_path):
     from airflow_provider_modelarts.transfer import DIRECT_IO_ALIGN, StagedObject
 

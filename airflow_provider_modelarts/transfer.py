@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import http.client
 import json
@@ -185,6 +186,13 @@ def _remove_stale_staging(parent: str, name: str) -> None:
 _DIRECT_IO_FS_TYPES = frozenset({0xEF53, 0x58465342, 0x9123683E})
 
 
+@functools.cache
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _fs_type(path: str) -> int | None:
     """``statfs(2)`` ``f_type`` of the file system holding ``path`` (Linux), else None."""
     if not sys.platform.startswith("linux"):
@@ -192,7 +200,7 @@ def _fs_type(path: str) -> int | None:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc()
         buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
         if libc.statfs(os.fsencode(path), buf) != 0:
             return None
@@ -419,7 +427,8 @@ class _Pipeline:
         self.stored_size = 0
         self.staged: StagedObject | None = None
         self._hash_pool = hash_pool
-        self._write_pool = write_pool
+        # gzip output is written by the reader as it is compressed; plain data can go to the writer thread.
+        self._write_pool = write_pool if compression is None else None
         self._pending: deque[tuple[Future[None], Future[None] | None]] = deque()
         # wbits=31: gzip container; zlib writes mtime 0, so the output is reproducible.
         self._z = zlib.compressobj(6, zlib.DEFLATED, 31) if compression == "gzip" else None
@@ -438,12 +447,7 @@ class _Pipeline:
         self.size += len(chunk)
         hashed = self._hash_pool.submit(self.sha256.update, chunk)
         written: Future[None] | None = None
-        if (
-            self._z is None
-            and self._write_pool is not None
-            and self.staged is not None
-            and self.staged.is_local
-        ):
+        if self._write_pool is not None and self.staged is not None and self.staged.is_local:
             self.stored_size += len(chunk)
             written = self._write_pool.submit(self.staged.write, chunk)
         self._pending.append((hashed, written))

@@ -149,13 +149,11 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             )
         if self.compression not in COMPRESSIONS:
             raise ModelArtsValidationError(f"compression must be None or 'gzip', got {self.compression!r}")
-        if not isinstance(self.max_workers, int) or self.max_workers < 1:
-            raise ModelArtsValidationError(f"max_workers must be an integer >= 1, got {self.max_workers!r}")
         if not isinstance(self.poll_interval, (int, float)) or self.poll_interval < 0:
             raise ModelArtsValidationError(f"poll_interval must be a number >= 0, got {self.poll_interval!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ModelArtsValidationError(f"timeout must be None or a number > 0, got {self.timeout!r}")
-        for name, least in (("max_attempts", 0), ("chunk_size", 1)):
+        for name, least in (("max_workers", 1), ("max_attempts", 0), ("chunk_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ModelArtsValidationError(f"{name} must be an integer >= {least}, got {value!r}")

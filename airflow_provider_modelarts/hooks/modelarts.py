@@ -9,6 +9,7 @@ request building, the error parsing and the retry predicate defined here.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -237,6 +238,18 @@ def _parse_max_retries(value: Any) -> int:
     return number
 
 
+def _parse_link_hosts(value: Any) -> tuple[str, ...]:
+    """Extra ``log_link_hosts``: a list of ``fnmatch`` host patterns (or one comma-separated string)."""
+    if value in (None, "", []):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ModelArtsConfigError(
+            "extra 'log_link_hosts' must be a list of host patterns such as ['*.obs.cn-north-4.myhuaweicloud.com']"
+        )
+    return tuple(i.strip().lower() for i in items)
+
+
 def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     value = extra.get(key)
     if value is None or value == "":
@@ -264,6 +277,7 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param log_link_hosts: ``fnmatch`` patterns of the hosts log links may point to (empty: any host).
     """
 
     project_id: str
@@ -280,6 +294,7 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    log_link_hosts: tuple[str, ...] = ()
 
     @classmethod
     def from_connection(
@@ -399,6 +414,7 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            log_link_hosts=_parse_link_hosts(extras.get("log_link_hosts")),
             **values,
         )
 
@@ -1152,15 +1168,21 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         token: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
+        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`.
+
+        Redirects are never followed (a 3xx is an error answer, not retried).
+        """
         config = self.config
         request_timeout = self._request_timeout(config, timeout)
+        http = session or self.session
 
         def attempt() -> requests.Response:
             url, headers, body = self._authorize(config, call, token)
+            failure: ModelArtsTransportError | None = None
             try:
-                response = self.session.request(
+                response = http.request(
                     call.method,
                     url,
                     headers=headers,
@@ -1168,10 +1190,14 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                     stream=stream,
                     timeout=request_timeout,
                     verify=config.verify,
-                    allow_redirects=call.error_kind == "obs",
+                    allow_redirects=False,
                 )
             except requests.RequestException as err:
-                raise call.no_answer(err) from err
+                if call.error_kind != "obs":
+                    raise call.no_answer(err) from err
+                failure = call.no_answer(err)
+            if failure is not None:  # raised outside the handler: the cause holds the signed link
+                raise failure
             if 200 <= response.status_code < 300:
                 return response
             try:
@@ -1339,7 +1365,17 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         :raises ModelArtsApiError: any other error answer (``error_code`` from the XML ``<Code>``).
         """
         call = _obs_call(url, offset)
-        return self._send(call, stream=True, timeout=timeout)
+        _check_link_host(url, self.config.log_link_hosts)
+        return self._send(call, stream=True, timeout=timeout, session=self.link_session)
+
+    @cached_property
+    def link_session(self) -> requests.Session:
+        """The session that reads log links: none of the API session's cookies or headers, and no
+        credentials or proxies from the environment (``.netrc`` would add Basic auth)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
+        return session
 
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
@@ -1366,7 +1402,11 @@ def _obs_call(url: str, offset: int) -> _Call:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
     url = valid
     mask_signed_url(url)
-    headers = {"User-Agent": USER_AGENT}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    # Identity: a compressed answer states the encoded size only (the archive copes, but prefers plain).
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
     # The link is sent exactly as ModelArts returned it: its signature covers the encoded query.
@@ -1378,6 +1418,15 @@ def _obs_call(url: str, offset: int) -> _Call:
         authenticated=False,
         error_kind="obs",
     )
+
+
+def _check_link_host(url: str, patterns: tuple[str, ...]) -> None:
+    """Refuse a link whose host matches none of the connection's ``log_link_hosts`` patterns."""
+    host = (urlsplit(url).hostname or "").lower()
+    if patterns and not any(fnmatch.fnmatchcase(host, p) for p in patterns):
+        raise ModelArtsValidationError(
+            f"the log link points to host {host!r}, which matches none of log_link_hosts {list(patterns)}"
+        )
 
 
 def _task_list(call: _Call, payload: Any, status: int) -> list[dict]:

@@ -206,7 +206,9 @@ def test_s3_destination_on_moto_with_faults(emu, aws_s3_conn, s3_bucket):
     names = sorted(
         p.name for p in ObjectStoragePath(f"s3://{s3_bucket}/archive/job-big", conn_id=aws_s3_conn).iterdir()
     )
-    assert names == ["manifest.json", "worker-0.log", "worker-1.log", "worker-2.log"]
+    assert names == ["manifest.json"] + [
+        f"worker-{i}.log{suffix}" for i in range(3) for suffix in ("", ".record.json")
+    ]
 
 
 def test_obs_destination_with_the_modelarts_connection(emu, moto_server, s3_bucket, monkeypatch):

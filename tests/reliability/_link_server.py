@@ -153,7 +153,7 @@ class HookLinkSource:
         self.hook = hook
         self.server = server
         self.links = 0
-        self._link = link or (lambda n, task: server.link(n, task))
+        self._link = link or server.link
 
     def get_task_log_url(self, training_job_id: str, task_id: str, download: bool = False) -> str:
         self.links += 1

@@ -165,8 +165,12 @@ def test_persistent_drops_fail_without_leaving_a_file(emu, tmp_path):
             max_attempts=2,
         )
     assert not (tmp_path / "a/job-big/worker-0.log").exists()
-    assert [p.name for p in (tmp_path / "a/job-big").iterdir()] == ["manifest.json"]
-    assert json.loads((tmp_path / "a/job-big/manifest.json").read_text())["tasks"] == []
+    names = sorted(p.name for p in (tmp_path / "a/job-big").iterdir())
+    assert names == ["manifest.json", "worker-0.log.record.json"]
+    manifest = json.loads((tmp_path / "a/job-big/manifest.json").read_text())
+    assert manifest["complete"] is False
+    (entry,) = manifest["tasks"]
+    assert entry["task_id"] == "worker-0" and entry["complete"] is False and "Giving up" in entry["error"]
 
 
 def test_failed_job_gzip(emu, tmp_path):
@@ -226,17 +230,24 @@ def test_obs_destination_with_the_modelarts_connection(emu, moto_server, s3_buck
     assert manifest["tasks"][0]["sha256"] == emu.log_sha256("job-failed", "worker-0")
 
 
-def test_plain_bodies_take_the_zero_copy_path(emu):
-    from airflow_provider_modelarts.transfer import _body_chunks
+def test_plain_bodies_are_read_into_page_aligned_buffers(emu):
+    import mmap
+
+    from airflow_provider_modelarts.archive.checks import plan_response
+    from airflow_provider_modelarts.archive.log_copy import _BodyReader
 
     hook = ModelArtsHook()
     resp = hook.open_log_stream(hook.get_task_log_url("job-big", "worker-1", download=True))
-    digest, kinds = hashlib.sha256(), set()
+    plan = plan_response(resp.status_code, resp.headers, offset=0, known_total=None)
+    digest, kinds, sizes = hashlib.sha256(), set(), []
     with resp:
-        for chunk in _body_chunks(resp, 256 * 1024, encoded=False):
+        reader = _BodyReader(resp, plan=plan, chunk_size=256 * 1024, on_read=lambda n: None)
+        for chunk in reader.chunks():
             kinds.add(type(chunk))
+            sizes.append(len(chunk))
             digest.update(chunk)
     assert kinds == {memoryview}
+    assert all(size == 256 * 1024 for size in sizes[:-1]) and 256 * 1024 % mmap.PAGESIZE == 0
     assert digest.hexdigest() == emu.log_sha256("job-big", "worker-1")
 
 

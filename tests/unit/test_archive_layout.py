@@ -32,7 +32,7 @@ def body(job_id="job-1", name="n", tasks=("worker-0",), phase="Completed"):
 
 
 # Text that looks like what a hostile API could answer: separators, dots, control characters, long runs.
-hostile = st.lists(st.sampled_from(list("ab./\\.-_~ \t\n\x00%?#é\u202e") + ["..", "../"]), max_size=40).map(
+hostile = st.lists(st.sampled_from([*list("ab./\\.-_~ \t\n\x00%?#é\u202e"), "..", "../"]), max_size=40).map(
     "".join
 ) | st.text(max_size=300)
 
@@ -64,7 +64,7 @@ def test_hostile_job_ids_are_rejected(bad):
 
 @pytest.mark.parametrize("bad", ["../../x", "/abs", "..", "a/b", "x\ny"])
 def test_hostile_job_names_are_rejected_when_a_template_uses_them(bad):
-    with pytest.raises(ModelArtsValidationError, match="metadata.name"):
+    with pytest.raises(ModelArtsValidationError, match=r"metadata\.name"):
         job_identity(body(name=bad), requested=None, layout=NAME_LAYOUT)
     # Not used in any path: recorded as is, no harm.
     assert job_identity(body(name=bad), requested=None, layout=ArchiveLayout()).job_name == bad

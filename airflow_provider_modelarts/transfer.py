@@ -240,7 +240,7 @@ class TrainingJobLogArchiver:
                 "compression": self.compression,
             },
         )
-        self._write_manifest(writer, results)
+        self._write_manifest(writer, results, failures)
         archived = [results[t] for t in wanted if t in results]
         log.info(
             "Training job %s (%s): %d task log(s) archived, %d skipped, %d failed; manifest %s",
@@ -260,7 +260,9 @@ class TrainingJobLogArchiver:
             training_job_id=job_id, phase=phase.value, manifest=str(manifest_path), tasks=archived
         )
 
-    def _write_manifest(self, writer: ManifestWriter, results: dict[str, TaskArchive]) -> None:
+    def _write_manifest(
+        self, writer: ManifestWriter, results: dict[str, TaskArchive], failures: dict[str, Exception]
+    ) -> None:
         failed: ModelArtsArchiveDestinationError | None = None
         try:
             writer.write()
@@ -268,9 +270,11 @@ class TrainingJobLogArchiver:
             failed = e
         if failed is not None:
             committed = sorted(t for t, r in results.items() if not r.skipped)
+            failed_logs = "".join(f"; {t} failed: {e}" for t, e in failures.items())
             raise ModelArtsArchiveDestinationError(
                 f"Could not write the manifest {writer.manifest_path} ({failed.cause}); the logs of "
-                f"{committed} were committed with their records, and a re-run writes the manifest",
+                f"{committed} were committed with their records, and a re-run writes the manifest"
+                f"{failed_logs}",
                 path=str(writer.manifest_path),
                 cause=failed.cause,
                 committed=committed,

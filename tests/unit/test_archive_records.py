@@ -3,6 +3,7 @@ destination errors."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -37,10 +38,8 @@ def run_concurrently(obs, dest, subsets, **kw):
         me = threading.current_thread().name
         if path.name == "manifest.json" and me not in first_write:
             first_write.add(me)
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=5)
-            except threading.BrokenBarrierError:
-                pass
             time.sleep(0.05 * (n - int(me.rsplit("-", 1)[1])))
         real_write(path, data)
 
@@ -98,9 +97,8 @@ def test_complete_only_when_every_task_of_the_job_is_archived(tmp_path):
 def test_every_task_failing_gives_an_incomplete_manifest_listing_the_errors(tmp_path):
     dest = ObjectStoragePath(f"file://{tmp_path}/archive")
     logs = {t: make_log(100) for t in TASKS[:2]}
-    with FakeObs(logs, script=["expired"] * 20) as obs:
-        with pytest.raises(ModelArtsLogTransferError):
-            TrainingJobLogArchiver(obs.source, dest, max_attempts=1).archive(job_body(tasks=logs))
+    with FakeObs(logs, script=["expired"] * 20) as obs, pytest.raises(ModelArtsLogTransferError):
+        TrainingJobLogArchiver(obs.source, dest, max_attempts=1).archive(job_body(tasks=logs))
     manifest = read_manifest(dest)
     assert manifest["complete"] is False
     assert [(e["task_id"], e["complete"]) for e in manifest["tasks"]] == [
@@ -178,9 +176,8 @@ def test_shared_job_name_layout_does_not_trust_another_jobs_logs(tmp_path):
 def test_destination_that_is_a_file_gives_a_typed_error_naming_the_path(tmp_path):
     (tmp_path / "blocker").write_text("x")
     dest = ObjectStoragePath(f"file://{tmp_path}/blocker/archive")
-    with FakeObs({"worker-0": make_log(1000)}) as obs:
-        with pytest.raises(ModelArtsArchiveDestinationError) as ei:
-            TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=["worker-0"]))
+    with FakeObs({"worker-0": make_log(1000)}) as obs, pytest.raises(ModelArtsArchiveDestinationError) as ei:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=["worker-0"]))
     assert "blocker/archive/job-1/manifest.json" in ei.value.path and "NotADirectoryError" in ei.value.cause
     # The log's own failure is named too.
     assert "worker-0 failed" in str(ei.value) and "blocker/archive/job-1/worker-0.log" in str(ei.value)

@@ -234,14 +234,14 @@ def test_plain_bodies_are_read_into_page_aligned_buffers(emu):
     import mmap
 
     from airflow_provider_modelarts.archive.checks import plan_response
-    from airflow_provider_modelarts.archive.log_copy import _BodyReader
+    from airflow_provider_modelarts.archive.pipeline import BodyReader
 
     hook = ModelArtsHook()
     resp = hook.open_log_stream(hook.get_task_log_url("job-big", "worker-1", download=True))
     plan = plan_response(resp.status_code, resp.headers, offset=0, known_total=None)
     digest, kinds, sizes = hashlib.sha256(), set(), []
     with resp:
-        reader = _BodyReader(resp, plan=plan, chunk_size=256 * 1024, on_read=lambda n: None)
+        reader = BodyReader(resp, plan=plan, chunk_size=256 * 1024, on_read=lambda n: None)
         for chunk in reader.chunks():
             kinds.add(type(chunk))
             sizes.append(len(chunk))

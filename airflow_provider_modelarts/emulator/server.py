@@ -866,6 +866,8 @@ class ModelArtsEmulator:
                 self.smn.clear()
             handler.send_json(200, {"messages": self.smn.messages()})
             return
+        if self.knobs.latency > 0:
+            time.sleep(self.knobs.latency)
         try:
             self._authenticate(method, target, headers, body)
         except _Reject:

@@ -34,6 +34,7 @@ __all__ = [
     "fit_message",
     "fit_sms",
     "fit_subject",
+    "full_log_location",
 ]
 
 SUBJECT_LIMIT_BYTES = 512
@@ -64,7 +65,6 @@ PROTOCOLS = frozenset(
 """The ``message_structure`` keys SMN knows; ``default`` is required."""
 
 _MARKER = "..."
-_SMS_MARKER = "..."
 
 
 def _cut_head(data: bytes, size: int) -> str:
@@ -132,7 +132,7 @@ def fit_sms(text: str) -> str:
     limit = _sms_limit(text)
     if len(text) <= limit:
         return text
-    return text[: limit - len(_SMS_MARKER)] + _SMS_MARKER
+    return text[: limit - len(_MARKER)] + _MARKER
 
 
 def _structure_json(entries: Mapping[str, str]) -> str:

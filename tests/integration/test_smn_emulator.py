@@ -122,3 +122,59 @@ def test_message_list_endpoint_is_json(modelarts_conn):
     SmnNotifier(topic_urn=_topic(emu), message="listed")({})
     doc = requests.get(f"{emu.url}/_emulator/smn/messages", timeout=10).json()
     assert json.dumps(doc) and doc["messages"][0]["message"] == "listed"
+
+
+def test_concurrent_alerts_are_all_kept(modelarts_conn):
+    from concurrent.futures import ThreadPoolExecutor
+
+    emu = modelarts_conn
+
+    def send(i: int) -> None:
+        SmnNotifier(topic_urn=_topic(emu), subject=f"alert {i}", message=f"body {i}")({})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(send, range(16)))
+    messages = emu.smn.messages()
+    assert sorted(m["subject"] for m in messages) == sorted(f"alert {i}" for i in range(16))
+    assert len({m["message_id"] for m in messages}) == 16
+
+
+def test_smn_that_never_answers_times_out_with_a_typed_error(emulator, monkeypatch):
+    import socket
+    import threading
+
+    from airflow_provider_modelarts.exceptions import ModelArtsTransportError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])  # read nothing, answer nothing
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    conn = json.loads(emulator.connection_json())
+    conn["extra"].update(
+        smn_endpoint=f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=0.5, max_retries=1
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", json.dumps(conn))
+    try:
+        with pytest.raises(ModelArtsTransportError) as info:
+            SmnNotifier(topic_urn=_topic(emulator), message="m")({})
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in accepted:
+            sock.close()
+        listener.close()
+    assert "SMN did not answer the publish" in str(info.value)
+    assert len(accepted) == 2  # the first attempt and one retry
+    assert emulator.sk not in str(info.value)

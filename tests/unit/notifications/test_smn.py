@@ -237,10 +237,22 @@ def test_a_too_long_message_is_cut_before_sending():
     assert "the Airflow task log" in body["message"]
 
 
-def test_cut_note_names_the_console_when_wrapped_context_has_one():
-    context = {"modelarts": {"console_url": "https://console.example/job-9"}}
-    where = smn_module.full_log_location(context)
-    assert "https://console.example/job-9" in where
+def test_cut_note_names_the_console_and_the_task_log():
+    class Ti:
+        log_url = "http://airflow.example/dags/d/runs/r/tasks/t"
+
+    class BrokenTi:
+        @property
+        def log_url(self):
+            raise RuntimeError("no api server configured")
+
+    context = {"modelarts": {"console_url": "https://console.example/job-9"}, "ti": Ti()}
+    assert smn_module.full_log_location(context) == (
+        "the ModelArts console https://console.example/job-9 or "
+        "the Airflow task log http://airflow.example/dags/d/runs/r/tasks/t"
+    )
+    assert smn_module.full_log_location({"ti": BrokenTi()}) == "the Airflow task log"
+    assert smn_module.full_log_location({}) == "the Airflow task log"
 
 
 # ----------------------------------------------------------------------------- validation before requests

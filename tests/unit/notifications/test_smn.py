@@ -117,10 +117,11 @@ def test_message_structure_is_sent_as_a_json_string():
     }
 
 
-def test_empty_subject_is_left_out():
+@pytest.mark.parametrize("subject", [None, "", "  \n "])
+def test_empty_subject_is_left_out(subject):
     with rm.Mocker() as m:
         m.post(PUBLISH, json=OK)
-        SmnNotifier(topic_urn=TOPIC, subject="{{ '' }}", message="m")({})
+        SmnNotifier(topic_urn=TOPIC, subject=subject, message="m")({})
     assert _sent(m) == {"message": "m"}
 
 

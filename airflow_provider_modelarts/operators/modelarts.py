@@ -175,10 +175,17 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsValidationError(
                 f"retry_wait must be a number of seconds from 0 to 3600, got {self.retry_wait!r}"
             )
-        for name, low in (("stall_window", 0.0), ("stall_min_rate", -1.0)):
+        for name, zero_ok in (("stall_window", False), ("stall_min_rate", True)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low:
-                raise ModelArtsValidationError(f"{name} must be a number > {max(low, 0)!r}, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+                or (value == 0 and not zero_ok)
+            ):
+                raise ModelArtsValidationError(
+                    f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}"
+                )
         task_ids: list[str] | None
         if self.task_ids is None:
             task_ids = None

@@ -270,3 +270,44 @@ def test_memory_stays_flat_for_a_large_log(emu, tmp_path):
     # the traced peak (this process also runs the emulator) does not grow with the log size
     assert big < small + MiB, (small, big)
     assert big < 4 * MiB, (small, big)
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_mapped_runs_with_disjoint_task_ids_end_with_every_task_in_the_manifest(
+    emu, tmp_path, where, request
+):
+    import threading
+
+    if where == "s3":
+        bucket, conn_id = request.getfixturevalue("s3_bucket"), request.getfixturevalue("aws_s3_conn")
+        destination, root = (
+            f"s3://{bucket}/archive",
+            ObjectStoragePath(f"s3://{bucket}/archive", conn_id=conn_id),
+        )
+    else:
+        conn_id, destination = None, f"file://{tmp_path}/a"
+        root = ObjectStoragePath(destination)
+    results, errors = {}, []
+
+    def one(task_id):
+        try:
+            results[task_id] = run(
+                training_job_id="job-big",
+                destination=destination,
+                destination_conn_id=conn_id,
+                task_ids=[task_id],
+            )
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(f"worker-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    manifest = json.loads((root / "job-big" / "manifest.json").read_bytes())
+    assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0", "worker-1", "worker-2"]
+    assert manifest["complete"] is True
+    for e in manifest["tasks"]:
+        assert e["sha256"] == emu.log_sha256("job-big", e["task_id"])

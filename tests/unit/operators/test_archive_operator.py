@@ -200,6 +200,10 @@ def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, destination,
         {"max_attempts": -1},
         {"chunk_size": 0},
         {"chunk_size": True},
+        {"stall_window": 0},
+        {"stall_window": "60"},
+        {"stall_min_rate": -1},
+        {"stall_min_rate": True},
     ],
 )
 def test_bad_arguments_are_rejected(obs, tmp_path, kwargs):

@@ -1399,13 +1399,16 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """Open a pre-signed log link as a byte stream (``stream=True``), from byte ``offset``.
 
         Transport errors, 5xx and 429 are retried. The caller closes the response. The answer is 200
-        (whole object, e.g. when the server ignores ``Range``) or 206.
+        (whole object, e.g. when the server ignores ``Range``) or 206. The link is read with
+        :attr:`link_session` (no API cookies or headers), redirects are not followed, ``user:pass@``
+        is refused and the host must match the connection's ``log_link_hosts`` (when set).
 
         :param url: the link from :meth:`get_task_log_url`.
         :param offset: first byte wanted; sends ``Range: bytes={offset}-`` when > 0.
         :param timeout: per-request timeout (connect and between bytes).
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         :raises ModelArtsApiError: any other error answer (``error_code`` from the XML ``<Code>``).
+        :raises ModelArtsValidationError: a link with credentials, or to a host not allowed.
         """
         call = _obs_call(url, offset)
         _check_link_host(url, self.config.log_link_hosts)

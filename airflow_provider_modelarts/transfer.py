@@ -10,7 +10,7 @@ Default layout under the destination::
     {destination}/{training_job_id}/{task_id}.log.record.json   (that log's manifest entry)
     {destination}/{training_job_id}/manifest.json
 
-The roles live in :mod:`airflow_provider_modelarts.archive`: ``layout`` (paths and the checks of values
+The roles live in :mod:`airflow_provider_modelarts.archiving`: ``layout`` (paths and the checks of values
 from the API), ``checks`` (what an answer of the link server means), ``log_copy`` (the copy of one log),
 ``staging`` (atomic writes), ``records`` (per-task records and the manifest). This module runs them for a
 whole job.
@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_modelarts.archive.layout import ArchiveLayout, job_identity, job_tasks, plan_paths
-from airflow_provider_modelarts.archive.log_copy import (
+from airflow_provider_modelarts.archiving.layout import ArchiveLayout, job_identity, job_tasks, plan_paths
+from airflow_provider_modelarts.archiving.log_copy import (
     CHUNK_SIZE,
     COMPRESSIONS,
     DEFAULT_MAX_ATTEMPTS,
@@ -41,7 +41,7 @@ from airflow_provider_modelarts.archive.log_copy import (
     archive_task_log,
     redact_url,
 )
-from airflow_provider_modelarts.archive.records import (
+from airflow_provider_modelarts.archiving.records import (
     ManifestWriter,
     read_json,
     read_record,
@@ -49,7 +49,7 @@ from airflow_provider_modelarts.archive.records import (
     utcnow_iso,
     write_record,
 )
-from airflow_provider_modelarts.archive.staging import StagedObject, write_bytes_atomically
+from airflow_provider_modelarts.archiving.staging import StagedObject, write_bytes_atomically
 from airflow_provider_modelarts.exceptions import (
     ModelArtsArchiveDestinationError,
     ModelArtsArchiveStoppedError,

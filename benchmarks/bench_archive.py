@@ -106,7 +106,7 @@ def child(job_id: str, destination: str, chunk_size: int, no_sha256: bool = Fals
     import psutil
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from airflow_provider_modelarts.archive import pipeline as transfer
+    from airflow_provider_modelarts.archiving import pipeline as transfer
     from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 
     if no_sha256:  # ablation only: shows what the sha256 costs on this machine

@@ -233,8 +233,8 @@ def test_obs_destination_with_the_modelarts_connection(emu, moto_server, s3_buck
 def test_plain_bodies_are_read_into_page_aligned_buffers(emu):
     import mmap
 
-    from airflow_provider_modelarts.archive.checks import plan_response
-    from airflow_provider_modelarts.archive.pipeline import BodyReader
+    from airflow_provider_modelarts.archiving.checks import plan_response
+    from airflow_provider_modelarts.archiving.pipeline import BodyReader
 
     hook = ModelArtsHook()
     resp = hook.open_log_stream(hook.get_task_log_url("job-big", "worker-1", download=True))

@@ -11,7 +11,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowTaskTimeout, ObjectStoragePath
 from airflow.sdk.execution_time.timeout import timeout
 
-from airflow_provider_modelarts.archive.log_copy import LogCopy, StopSignal
+from airflow_provider_modelarts.archiving.log_copy import LogCopy, StopSignal
 from airflow_provider_modelarts.exceptions import ModelArtsArchiveStoppedError
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver
 from tests.reliability._link_server import HookLinkSource, LinkServer, Reply, serve_range

@@ -9,14 +9,14 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 from hypothesis import given
 from hypothesis import strategies as st
 
-from airflow_provider_modelarts.archive.checks import (
+from airflow_provider_modelarts.archiving.checks import (
     BodyPlan,
     ResponseRejected,
     body_outcome,
     parse_content_range,
     plan_response,
 )
-from airflow_provider_modelarts.archive.log_copy import LogCopy, StallDetector
+from airflow_provider_modelarts.archiving.log_copy import LogCopy, StallDetector
 from airflow_provider_modelarts.exceptions import ModelArtsConfigError, ModelArtsLogTransferError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsConnectionConfig
 

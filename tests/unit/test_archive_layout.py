@@ -10,14 +10,14 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_modelarts.archive.layout import (
+from airflow_provider_modelarts.archiving.layout import (
     ArchiveLayout,
     JobIdentity,
     job_identity,
     job_tasks,
     plan_paths,
 )
-from airflow_provider_modelarts.archive.staging import NAME_MAX
+from airflow_provider_modelarts.archiving.staging import NAME_MAX
 from airflow_provider_modelarts.exceptions import ModelArtsUnexpectedJobError, ModelArtsValidationError
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver
 from tests.unit.test_transfer import FakeObs, files_under, make_log

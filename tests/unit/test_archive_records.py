@@ -13,7 +13,7 @@ import time
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_modelarts.archive import records
+from airflow_provider_modelarts.archiving import records
 from airflow_provider_modelarts.exceptions import ModelArtsArchiveDestinationError, ModelArtsLogTransferError
 from airflow_provider_modelarts.transfer import ArchiveLayout, TrainingJobLogArchiver
 from tests.unit.test_transfer import FakeObs, files_under, job_body, make_log
@@ -204,7 +204,7 @@ def test_manifest_that_cannot_be_written_names_the_committed_logs_and_a_rerun_fi
 def test_full_disk_while_writing_a_log_is_a_typed_error(tmp_path, monkeypatch):
     import errno
 
-    from airflow_provider_modelarts.archive import staging
+    from airflow_provider_modelarts.archiving import staging
 
     real_write = staging.StagedObject._write
 
@@ -227,7 +227,7 @@ def test_commit_keeps_the_staging_lock_until_the_rename(tmp_path):
     """A second archiver's stale-staging cleanup never deletes a staging file that is being committed."""
     import fcntl
 
-    from airflow_provider_modelarts.archive.staging import StagedObject
+    from airflow_provider_modelarts.archiving.staging import StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/x.log"))
     staged.write(b"data")

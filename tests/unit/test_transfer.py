@@ -250,7 +250,7 @@ def test_range_ignored_restarts_the_file_cleanly(dest, tmp_path, caplog):
     data = make_log(400_000)
     with (
         FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs,
-        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.archive.log_copy"),
+        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.archiving.log_copy"),
     ):
         res = run_one(obs, dest, chunk_size=10_000)
     assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
@@ -639,7 +639,7 @@ def _direct_flag(staged) -> bool:
 def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_back(tmp_path):
     import mmap
 
-    from airflow_provider_modelarts.archive.staging import DIRECT_IO_ALIGN, StagedObject
+    from airflow_provider_modelarts.archiving.staging import DIRECT_IO_ALIGN, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/d.log"))
     try:
@@ -659,7 +659,7 @@ def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_ba
 
 
 def test_local_staging_uses_the_page_cache_on_network_and_memory_file_systems(tmp_path, monkeypatch):
-    from airflow_provider_modelarts.archive import staging as transfer
+    from airflow_provider_modelarts.archiving import staging as transfer
 
     for fs_type in ("nfs4", "tmpfs", "fuse.sshfs", None):
         monkeypatch.setattr(transfer, "_fs_type", lambda path, t=fs_type: t)
@@ -676,7 +676,7 @@ def test_local_staging_uses_the_page_cache_on_network_and_memory_file_systems(tm
 def test_local_staging_opens_without_direct_io_when_the_kernel_refuses_it(tmp_path, monkeypatch):
     import errno
 
-    from airflow_provider_modelarts.archive import staging as transfer
+    from airflow_provider_modelarts.archiving import staging as transfer
 
     monkeypatch.setattr(transfer, "_fs_type", lambda path: "ext4")
     real_open = os.open
@@ -698,7 +698,7 @@ def test_local_staging_opens_without_direct_io_when_the_kernel_refuses_it(tmp_pa
 
 
 def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tmp_path):
-    from airflow_provider_modelarts.archive.staging import DIRECT_IO_ALIGN, StagedObject
+    from airflow_provider_modelarts.archiving.staging import DIRECT_IO_ALIGN, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/e.log"))
     # A bytes object's data is never page-aligned, so the kernel refuses it for direct I/O (EINVAL).
@@ -713,7 +713,7 @@ def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tm
 
 
 def test_local_staging_writes_reach_the_file_at_once_in_slices(tmp_path):
-    from airflow_provider_modelarts.archive.staging import LOCAL_WRITE_SLICE, StagedObject
+    from airflow_provider_modelarts.archiving.staging import LOCAL_WRITE_SLICE, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/w.log"))
     staged._fh = spy = _SpyFile(staged._fh)

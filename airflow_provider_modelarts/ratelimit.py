@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -51,6 +51,7 @@ class AdaptiveRateLimiter:
     :param rate: the configured (highest) rate, requests per second, > 0.
     :param clock: monotonic seconds (default ``time.monotonic``).
     :param sleep: blocking sleep used by :meth:`acquire` (default ``time.sleep``).
+    :param asleep: non-blocking sleep used by :meth:`aacquire` (default ``asyncio.sleep``).
     """
 
     def __init__(
@@ -59,9 +60,11 @@ class AdaptiveRateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        asleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._clock = clock
         self._sleep = sleep
+        self._asleep = asleep
         self._lock = threading.Lock()
         self._max_rate = self._checked(rate)
         self._rate = self._max_rate
@@ -114,7 +117,7 @@ class AdaptiveRateLimiter:
         """Wait for a send slot without blocking the event loop."""
         wait = self.reserve()
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._asleep(wait)
 
     def record(self, status_code: int) -> None:
         """Adapt to an answer: a 429 lowers the rate, a success raises it toward :attr:`max_rate`.

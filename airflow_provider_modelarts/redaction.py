@@ -137,7 +137,7 @@ def mask_signed_url(
     :param registry: where seen links are remembered (default :data:`LINKS`).
     """
     secrets = signed_url_secrets(url)
-    if not (registry or LINKS).claim(secrets):
+    if not (LINKS if registry is None else registry).claim(secrets):
         return 0
     register = mask or mask_secret
     for secret in secrets:
@@ -153,7 +153,7 @@ def mark_link_private(url: str, *, registry: LinkRegistry | None = None) -> None
     :param url: the signed URL.
     :param registry: where seen links are remembered (default :data:`LINKS`).
     """
-    (registry or LINKS).claim(signed_url_secrets(url))
+    (LINKS if registry is None else registry).claim(signed_url_secrets(url))
 
 
 def scrub_exception_chain(err: BaseException, redact: Callable[[str], str]) -> None:

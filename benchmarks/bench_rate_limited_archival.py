@@ -63,6 +63,8 @@ def worker(conn: str, dest: str, queue: Any, results: Any) -> None:
 
     os.environ["AIRFLOW_CONN_MODELARTS_DEFAULT"] = conn
     logging.disable(logging.WARNING)
+    # Outside a task runner every execute() prints a warning; keep the results table readable.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 
     results.put(("ready", None))  # imports done: start-up is not counted

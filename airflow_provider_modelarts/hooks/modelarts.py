@@ -265,6 +265,11 @@ def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     return value.strip() or None
 
 
+def _optional_base_url(extra: Mapping[str, Any], key: str) -> str | None:
+    value = _optional_str(extra, key)
+    return None if value is None else _validate_base_url(value, key)
+
+
 @dataclass(frozen=True)
 class ModelArtsConnectionConfig:
     """The ``modelarts`` connection, parsed and validated.
@@ -285,6 +290,7 @@ class ModelArtsConnectionConfig:
     :param max_retries: retries after the first attempt for retryable failures.
     :param requests_per_second: pace ModelArts API calls of this process to this rate (shared by every hook
         with the same endpoint and credential); None for no pacing.
+    :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
     """
 
     project_id: str
@@ -302,6 +308,7 @@ class ModelArtsConnectionConfig:
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
     requests_per_second: float | None = None
+    smn_endpoint: str | None = None
 
     @classmethod
     def from_connection(
@@ -422,6 +429,7 @@ class ModelArtsConnectionConfig:
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
             requests_per_second=_parse_requests_per_second(extras.get("requests_per_second")),
+            smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
         )
 
@@ -829,7 +837,11 @@ class _ModelArtsBase:
     @staticmethod
     def _rate_limiter(config: ModelArtsConnectionConfig, call: _Call) -> AdaptiveRateLimiter | None:
         """The process-wide limiter pacing ``call`` (ModelArts API calls only), or None when pacing is off."""
-        if config.requests_per_second is None or not call.authenticated:
+        if (
+            config.requests_per_second is None
+            or not call.authenticated
+            or not call.url.startswith(config.endpoint + "/")  # other services (SMN) have their own limits
+        ):
             return None
         return get_rate_limiter(config.limiter_key, config.requests_per_second)
 
@@ -899,6 +911,27 @@ class _ModelArtsBase:
             headers={**request.headers, "User-Agent": USER_AGENT},
             body=request.body,
             authenticated=False,
+        )
+
+    @staticmethod
+    def _service_call(method: str, url: str, json_body: Any) -> _Call:
+        """A JSON call to another Huawei Cloud service of the connection's project (e.g. SMN)."""
+        valid = _absolute_http_url(url)
+        if valid is None or method not in ("GET", "POST", "PUT", "DELETE"):
+            raise ModelArtsValidationError(
+                "a service call needs GET/POST/PUT/DELETE and an absolute http(s) URL"
+            )
+        parts = urlsplit(valid)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _Call(
+            method=method,
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            path=parts.path,
+            params=parse_qsl(parts.query, keep_blank_values=True),
+            headers={"Content-Type": "application/json;charset=utf-8", "User-Agent": USER_AGENT},
+            body=body,
         )
 
     @staticmethod
@@ -1335,6 +1368,20 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         payload, response = self._api_json(call)
         return self._preview_from(call, payload, response.status_code)
 
+    def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Call another Huawei Cloud service of the connection's project (e.g. SMN) over this hook's transport.
+
+        Same signing or IAM token, timeout, retries and typed errors as every ModelArts call.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")
+
     def test_connection(self) -> tuple[bool, str]:
         """Check the connection with a cheap call (a one-job search); never raises."""
         try:
@@ -1620,3 +1667,15 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         for secret in secrets:
             await _amask(secret)
         return url
+
+    async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = await self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")

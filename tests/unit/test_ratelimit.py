@@ -286,3 +286,14 @@ def test_pacing_is_off_by_default(monkeypatch):
         mocker.get(JOB_URL, json={"id": "job-1"})
         hook.get_training_job("job-1")
     assert ratelimit._limiters == {}
+
+
+@pytest.mark.usefixtures("paced_conn")
+def test_calls_to_other_services_are_not_paced():
+    hook = ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0)
+    smn = "http://127.0.0.1:18099/v2/" + PID + "/notifications/topics/urn:smn:x/publish"
+    with rm.Mocker() as mocker:
+        mocker.post(smn, status_code=429, json={"error_code": "SMN.0001", "error_msg": "busy"})
+        with pytest.raises(Exception, match="429"):
+            hook.service_json("POST", smn, json_body={"message": "m"})
+    assert get_rate_limiter(hook.config.limiter_key, 1000).throttled == 0

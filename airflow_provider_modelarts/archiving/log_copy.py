@@ -471,6 +471,9 @@ class LogCopy:
         self._plan = plan
         return CopyState.READ
 
+    def _check_stop(self) -> None:
+        self.stop.check(self.label)
+
     def _on_read(self, n: int) -> None:
         self.stop.check(self.label)
         if self.settings.stall_min_rate > 0 and self._stall.feed(n):
@@ -484,7 +487,7 @@ class LogCopy:
         resp, plan = self._resp, self._plan
         assert resp is not None and plan is not None
         if self._pipeline is None:
-            staged = StagedObject(self.target)
+            staged = StagedObject(self.target, check_stop=self._check_stop)
             self._pipeline = Pipeline(self.settings.compression, staged, *self._pools)
         reader = BodyReader(resp, plan=plan, chunk_size=self.settings.chunk_size, on_read=self._on_read)
         self._stall.restart()
@@ -533,7 +536,9 @@ class LogCopy:
         pipeline = self._pipeline
         if pipeline is None:  # an empty log whose first answer was the probe's 416 cannot happen
             pipeline = self._pipeline = Pipeline(
-                self.settings.compression, StagedObject(self.target), *self._pools
+                self.settings.compression,
+                StagedObject(self.target, check_stop=self._check_stop),
+                *self._pools,
             )
         pipeline.finish()
         if pipeline.size != self.offset or self.total != self.offset:

@@ -96,13 +96,14 @@ class Pipeline:
         self.staged.discard()
 
     def finish(self) -> None:
-        """Wait for the last hash and write, then write the compressor's tail."""
+        """Wait for the last hash and write, write the compressor's tail, and seal the staged object."""
         while self._pending:
             self._wait_oldest()
         if self._z is not None:
             tail = self._z.flush()
             if tail:
                 self._store(tail)
+        self.staged.seal()
 
 
 class BodyReader:

@@ -16,9 +16,14 @@ import os
 import posixpath
 import re
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_modelarts.exceptions import ModelArtsArchiveDestinationError
+from airflow_provider_modelarts.archiving.multipart import MultipartWriter, destination_error
+from airflow_provider_modelarts.exceptions import (
+    ModelArtsArchiveDestinationError,
+    ModelArtsArchiveStoppedError,
+)
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -185,8 +190,11 @@ def _open_locked_staging(parent: str, name: str, *, direct: bool = False) -> tup
 class StagedObject:
     """A write that becomes visible at its final path only on :meth:`commit`.
 
-    * S3-compatible stores (``s3://``, ``obs://``): an uncommitted multipart upload (fsspec
-      ``autocommit=False``); :meth:`commit` completes it, :meth:`discard` aborts it.
+    * S3-compatible stores (``s3://``, ``obs://``): an uncommitted multipart upload whose parts are sent
+      by background threads while the next bytes are written
+      (:class:`~airflow_provider_modelarts.archiving.multipart.MultipartWriter`); :meth:`commit`
+      completes it (an object under one part is sent by one ``PutObject`` at commit), :meth:`discard`
+      aborts it.
     * Local disk: a hidden temporary sibling ``.{name}.{token}.partial``, locked (``flock``) while it is
       written and renamed over the final name on :meth:`commit`. Staging files of the same name that no
       live writer holds (left by a killed run) are removed first. On ext4, XFS and Btrfs, block-aligned
@@ -197,10 +205,13 @@ class StagedObject:
       deleted on :meth:`discard`.
 
     :param target: final location.
+    :param check_stop: called while a write waits for an upload slot (object stores); raises to stop.
     """
 
-    def __init__(self, target: ObjectStoragePath) -> None:
+    def __init__(self, target: ObjectStoragePath, *, check_stop: Callable[[], None] | None = None) -> None:
         self.target = target
+        self._check_stop = check_stop
+        self._mpu: MultipartWriter | None = None
         self._fs = target.fs
         self._final = target.path
         self._tmp: str | None = None
@@ -216,7 +227,7 @@ class StagedObject:
     def _open(self) -> None:
         parent, name = posixpath.split(self._final)
         if _is_s3(self._fs):
-            self._fh = self._fs.open(self._final, "wb", autocommit=False)
+            self._mpu = MultipartWriter(self._fs, self._final, check_stop=self._check_stop)
         elif _is_local(self._fs):
             self._local = True
             os.makedirs(parent, exist_ok=True)
@@ -237,10 +248,34 @@ class StagedObject:
 
         :raises ModelArtsArchiveDestinationError: the destination refused the data (full, read-only...).
         """
+        if self._mpu is not None:
+            try:
+                self._mpu.write(data)
+            except ModelArtsArchiveStoppedError:
+                raise
+            except Exception as e:
+                raise destination_error(str(self.target), "could not write", e) from None
+            return
         try:
             self._write(data)
         except OSError as e:
             raise ModelArtsArchiveDestinationError.at(str(self.target), "could not write", e) from None
+
+    def seal(self) -> None:
+        """Send what was written and wait until the store holds all of it (object stores); else nothing.
+
+        Called before :meth:`commit`, outside the stop lock, so the commit itself is one short request.
+
+        :raises ModelArtsArchiveDestinationError: a part was refused, or the parts miss bytes.
+        """
+        if self._mpu is None:
+            return
+        try:
+            self._mpu.seal()
+        except ModelArtsArchiveStoppedError:
+            raise
+        except Exception as e:
+            raise destination_error(str(self.target), "could not write", e) from None
 
     def _write(self, data: bytes | memoryview) -> None:
         if not self._local:
@@ -288,11 +323,12 @@ class StagedObject:
 
         :raises ModelArtsArchiveDestinationError: the destination refused it.
         """
+        if self._mpu is not None:
+            self._commit_upload()
+            return
+        assert self._tmp is not None
         try:
-            if self._tmp is None:
-                self._fh.close()
-                self._fh.commit()
-            elif self._local:
+            if self._local:
                 os.replace(self._tmp, self._final)
                 self._fh.close()
             else:
@@ -303,15 +339,29 @@ class StagedObject:
             raise ModelArtsArchiveDestinationError.at(str(self.target), "could not commit", e) from None
         self._done = True
 
+    def _commit_upload(self) -> None:
+        assert self._mpu is not None
+        try:
+            self._mpu.seal()
+            self._mpu.commit()
+        except BaseException as e:
+            self.discard()
+            if not isinstance(e, Exception) or isinstance(e, ModelArtsArchiveStoppedError):
+                raise
+            raise destination_error(str(self.target), "could not commit", e) from None
+        self._done = True
+
     def discard(self) -> None:
         """Throw the staged data away; nothing appears at the final path. Never raises."""
         if self._done:
             return
         self._done = True
+        if self._mpu is not None:
+            self._mpu.discard()
+            return
+        assert self._tmp is not None
         try:
-            if self._tmp is None:
-                self._fh.discard()
-            elif self._local:
+            if self._local:
                 self._fh.close()
                 os.unlink(self._tmp)
             else:

@@ -1,0 +1,89 @@
+"""A log of several upload parts archived to s3:// on a real moto server, over real HTTP from the emulator.
+
+The parts are sent while the log is received; the object must hold exactly the log's bytes (sha256),
+be made of the expected parts, and a copy that fails must leave neither an object nor an open upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import boto3
+import pytest
+from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+from airflow_provider_modelarts.archiving.multipart import PART_SIZE
+from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
+from tests.fixtures.moto_server import MOTO_AK, MOTO_REGION, MOTO_SK
+from tests.integration.test_archive_emulator import run
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+LOG_SIZE = 3 * PART_SIZE + 4321  # four parts: three full, one short
+SCENARIO = {
+    "jobs": [
+        {
+            "id": "job-multi",
+            "name": "multi",
+            "timeline": [{"phase": "Completed", "at": 0}],
+            "tasks": [
+                {"id": "worker-0", "exit_code": 0, "log": {"generate": {"size": LOG_SIZE, "seed": 21}}}
+            ],
+        }
+    ]
+}
+
+
+@pytest.fixture
+def emu(emulator_factory, monkeypatch):
+    emu = emulator_factory(SCENARIO)
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
+    return emu
+
+
+@pytest.fixture
+def client(moto_server):
+    return boto3.client(
+        "s3",
+        endpoint_url=moto_server,
+        aws_access_key_id=MOTO_AK,
+        aws_secret_access_key=MOTO_SK,
+        region_name=MOTO_REGION,
+    )
+
+
+def test_multipart_log_to_s3_holds_the_exact_bytes(emu, aws_s3_conn, s3_bucket, client):
+    emu.knobs.drop_after_bytes = PART_SIZE + MiB + 1  # a resume in the middle of the second part
+    emu.knobs.drop_downloads = 1
+    result = run(
+        training_job_id="job-multi", destination=f"s3://{s3_bucket}/a", destination_conn_id=aws_s3_conn
+    )
+    task = result["tasks"][0]
+    data = ObjectStoragePath(task["uri"], conn_id=aws_s3_conn).read_bytes()
+    expected = emu.log_sha256("job-multi", "worker-0")
+    assert len(data) == LOG_SIZE == task["size"]
+    assert hashlib.sha256(data).hexdigest() == expected == task["sha256"]
+    head = client.head_object(Bucket=s3_bucket, Key="a/job-multi/worker-0.log", PartNumber=1)
+    assert head["PartsCount"] == 4 and head["ContentLength"] == PART_SIZE
+    manifest = json.loads(ObjectStoragePath(result["manifest"], conn_id=aws_s3_conn).read_bytes())
+    assert manifest["tasks"][0]["attempts"] == 2 and manifest["tasks"][0]["sha256"] == expected
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_failed_multipart_log_leaves_no_object_and_no_open_upload(emu, aws_s3_conn, s3_bucket, client):
+    # Every download drops after two parts' worth: the copy gives up after max_attempts.
+    emu.knobs.drop_after_bytes = 2 * PART_SIZE + 1
+    emu.knobs.drop_downloads = 1000
+    emu.knobs.ignore_range = True  # every attempt restarts from byte 0, so the log never completes
+    with pytest.raises(ModelArtsLogTransferError):
+        run(
+            training_job_id="job-multi",
+            destination=f"s3://{s3_bucket}/b",
+            destination_conn_id=aws_s3_conn,
+            max_attempts=2,
+        )
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
+    assert "b/job-multi/worker-0.log" not in keys
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -11,6 +11,7 @@ kept as *pending* and followed with one search of the running phases per poll (p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -258,7 +259,8 @@ def _check_since(since: str | float | None) -> float | None:
         return None
     if isinstance(since, str):
         try:
-            moment = datetime.fromisoformat(since.strip())
+            text = since.strip()
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
         except ValueError:
             raise ModelArtsValidationError(f"since must be an ISO-8601 time, got {since!r:.60}") from None
         if moment.tzinfo is None:
@@ -581,11 +583,19 @@ class ModelArtsTrainingJobEventTrigger(BaseEventTrigger):
         store = self._store()
         if store is None:
             return
+        value = state.to_json()
+        if hasattr(store, "aset"):
+            write = asyncio.ensure_future(store.aset(self.state_key, value))
+        else:
+            write = asyncio.ensure_future(asyncio.to_thread(store.set, self.state_key, value))
         try:
-            if hasattr(store, "aset"):
-                await store.aset(self.state_key, state.to_json())
-            else:
-                await asyncio.to_thread(store.set, self.state_key, state.to_json())
+            # A triggerer shutting down cancels the trigger: the write still finishes, so an event already
+            # handed to Airflow is never sent again after the restart.
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await write
+            raise
         except ValueError as err:
             self.log.warning("Asset state store unusable (%s); keeping the watermark in memory", err)
             self._memory_only = True

@@ -160,8 +160,12 @@ def main() -> None:
         finally:
             proc.kill()
             proc.wait()
-    print(f"{args.jobs} listed finished jobs + 5 running; {args.arrivals} new jobs finishing 1/s; poll every {args.interval} s")
-    print(f"{'watcher':<16} {'polls':>5} {'calls/poll':>11} {'CPU ms/poll':>12} {'wall ms/poll':>13} {'events':>7}")
+    print(
+        f"{args.jobs} listed finished jobs + 5 running; {args.arrivals} new jobs finishing 1/s; poll every {args.interval} s"
+    )
+    print(
+        f"{'watcher':<16} {'polls':>5} {'calls/poll':>11} {'CPU ms/poll':>12} {'wall ms/poll':>13} {'events':>7}"
+    )
     for name, rows in results.items():
         if not rows:
             continue

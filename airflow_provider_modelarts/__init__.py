@@ -24,7 +24,10 @@ def get_provider_info() -> dict:
         "hooks": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_modelarts.hooks.modelarts"],
+                "python-modules": [
+                    "airflow_provider_modelarts.hooks.modelarts",
+                    "airflow_provider_modelarts.hooks.smn",
+                ],
             }
         ],
         "operators": [
@@ -50,7 +53,10 @@ def get_provider_info() -> dict:
             "airflow_provider_modelarts.links.modelarts.ModelArtsTrainingJobConsoleLink",
             "airflow_provider_modelarts.links.modelarts.ModelArtsTaskLogPreviewLink",
         ],
-        "notifications": ["airflow_provider_modelarts.notifications.modelarts.ModelArtsTaskLogsNotifier"],
+        "notifications": [
+            "airflow_provider_modelarts.notifications.modelarts.ModelArtsTaskLogsNotifier",
+            "airflow_provider_modelarts.notifications.smn.SmnNotifier",
+        ],
         "connection-types": [
             {
                 "connection-type": "modelarts",
@@ -102,6 +108,11 @@ def get_provider_info() -> dict:
                     "iam_endpoint": {
                         "label": "IAM endpoint",
                         "description": "Overrides the IAM endpoint used for token auth.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "smn_endpoint": {
+                        "label": "SMN endpoint",
+                        "description": "Overrides https://smn.{region}.myhuaweicloud.com for SmnNotifier alerts.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "verify": {

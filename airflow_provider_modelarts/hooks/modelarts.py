@@ -246,6 +246,11 @@ def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     return value.strip() or None
 
 
+def _optional_base_url(extra: Mapping[str, Any], key: str) -> str | None:
+    value = _optional_str(extra, key)
+    return None if value is None else _validate_base_url(value, key)
+
+
 @dataclass(frozen=True)
 class ModelArtsConnectionConfig:
     """The ``modelarts`` connection, parsed and validated.
@@ -264,6 +269,7 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
     """
 
     project_id: str
@@ -280,6 +286,7 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    smn_endpoint: str | None = None
 
     @classmethod
     def from_connection(
@@ -399,6 +406,7 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
         )
 
@@ -900,6 +908,27 @@ class _ModelArtsBase:
         )
 
     @staticmethod
+    def _service_call(method: str, url: str, json_body: Any) -> _Call:
+        """A JSON call to another Huawei Cloud service of the connection's project (e.g. SMN)."""
+        valid = _absolute_http_url(url)
+        if valid is None or method not in ("GET", "POST", "PUT", "DELETE"):
+            raise ModelArtsValidationError(
+                "a service call needs GET/POST/PUT/DELETE and an absolute http(s) URL"
+            )
+        parts = urlsplit(valid)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _Call(
+            method=method,
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            path=parts.path,
+            params=parse_qsl(parts.query, keep_blank_values=True),
+            headers={"Content-Type": "application/json;charset=utf-8", "User-Agent": USER_AGENT},
+            body=body,
+        )
+
+    @staticmethod
     def _authorize(
         config: ModelArtsConnectionConfig, call: _Call, token: str | None
     ) -> tuple[str, dict[str, str], bytes | None]:
@@ -1311,6 +1340,20 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         payload, response = self._api_json(call)
         return self._preview_from(call, payload, response.status_code)
 
+    def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Call another Huawei Cloud service of the connection's project (e.g. SMN) over this hook's transport.
+
+        Same signing or IAM token, timeout, retries and typed errors as every ModelArts call.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")
+
     def test_connection(self) -> tuple[bool, str]:
         """Check the connection with a cheap call (a one-job search); never raises."""
         try:
@@ -1628,3 +1671,15 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         for secret in secrets:
             await _amask(secret)
         return url
+
+    async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = await self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")

@@ -13,6 +13,7 @@ import pytest
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
+    ModelArtsConfigError,
     ModelArtsNotFoundError,
     ModelArtsTransportError,
     ModelArtsValidationError,
@@ -502,14 +503,65 @@ def test_transient_errors_are_logged_and_polling_backs_off(api, monkeypatch, cap
     assert all(f"Transient error #{n} " in text for n in (1, 2, 3)) and "error #4" not in text
 
 
-def test_refused_credentials_end_the_trigger_with_a_clear_log_line(api, capsys, caplog):
-    api.failures = [ModelArtsAuthError("denied", status_code=401, error_code="APIG.0301")]
+@pytest.mark.parametrize(
+    "error",
+    [
+        ModelArtsAuthError("denied", status_code=401, error_code="APIG.0301"),
+        ModelArtsAuthError("forbidden", status_code=403, error_code="ModelArts.0108"),
+        ModelArtsNotFoundError("no such API", status_code=404, error_code="APIG.0101"),
+        ModelArtsConfigError("connection extra is not JSON"),
+    ],
+    ids=["401", "403", "404", "config"],
+)
+def test_refused_credentials_end_the_trigger_with_a_clear_log_line(api, capsys, caplog, error):
+    api.failures = [error]
     t = ModelArtsTrainingJobEventTrigger(poll_interval=0.01)
     assert asyncio.run(_run_until(t, 1, timeout=2)) == []
     text = logged(capsys, caplog)
     assert "Stopping the ModelArts job watcher" in text
     assert "credentials" in text
     assert api.closed
+    assert api.searches == 0  # it stopped at the first refusal, no retry loop
+
+
+def test_a_state_write_finishes_when_the_trigger_is_cancelled(api):
+    class SlowStore(FakeStore):
+        async def aset(self, key, value):
+            await asyncio.sleep(0.2)
+            self.data[key] = value
+
+    store = SlowStore()
+    now = int(time.time() * 1000)
+    api.add("w-1", now, "Completed", end=now + 1)
+    t = ModelArtsTrainingJobEventTrigger(poll_interval=0.01, since=time.time() - 1)
+    t.asset_state_store = store
+
+    async def main():
+        got = asyncio.Event()
+
+        async def consume():
+            async for _ in t.run():
+                got.set()
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.wait_for(got.wait(), 5)
+        await asyncio.sleep(0.05)  # the trigger is now writing the state after the event
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert "w-1" in store.data[t.state_key]["handled"]
+
+
+def test_a_create_time_in_the_future_never_moves_the_watermark_past_now():
+    api = FakeSearchApi()
+    api.add("future", NOW_MS + 86_400_000, "Completed", end=NOW_MS + 86_400_001)
+    state = WatcherState(since_ms=NOW_MS)
+    assert poll(poller(api), state, NOW_MS + 10) == ["future"]
+    assert state.watermark_ms == NOW_MS + 10 - events.VISIBILITY_LAG_MS
+    api.add("normal", NOW_MS + 20, "Completed", end=NOW_MS + 30)
+    assert poll(poller(api), state, NOW_MS + 100) == ["normal"]
 
 
 def test_a_failed_poll_commits_nothing(api):

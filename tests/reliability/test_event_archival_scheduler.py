@@ -104,21 +104,38 @@ def test_each_finished_job_is_archived_once_across_a_triggerer_restart(
         _restart_triggerer(cluster)
         restarted_with = len(_asset_event_job_ids(cluster))
         _wait(lambda: len(_asset_event_job_ids(cluster)) >= len(JOBS), 180, "ten asset events", cluster)
+        time.sleep(3)  # a repeated event after the restart would show up now
+        assert sorted(_asset_event_job_ids(cluster)) == sorted(JOBS)  # none lost, none repeated
 
-        def all_runs_done() -> bool:
+        def all_runs_done(jobs: list[str]) -> bool:
             rows = cluster.query("SELECT state FROM dag_run WHERE dag_id = ?", DAG_ID)
-            manifests = [archive / j / "manifest.json" for j in JOBS]
+            manifests = [archive / j / "manifest.json" for j in jobs]
             return (
                 bool(rows)
                 and all(r[0] in ("success", "failed") for r in rows)
                 and all(m.exists() for m in manifests)
             )
 
-        _wait(all_runs_done, 240, "every run to finish and every job archived", cluster)
+        jobs = list(JOBS)
+        try:
+            _wait(lambda: all_runs_done(jobs), 90, "every run to finish and every job archived", cluster)
+        except AssertionError:
+            # Airflow 3.3.2 builds an asset-triggered run from the events up to the first queued one
+            # (AssetDagRunQueue.created_at) and then drops the queue row, so the tail of a burst of events
+            # waits for the next event (apache/airflow#56050, fixed upstream by #70972). The next job
+            # that finishes carries them; the events themselves are already checked above.
+            jobs.append("ev-job-flush")
+            emu.add_job(
+                {
+                    "id": "ev-job-flush",
+                    "timeline": [{"phase": "Running", "at": 0}, {"phase": "Completed", "at": 2}],
+                }
+            )
+            _wait(lambda: all_runs_done(jobs), 180, "every run to finish and every job archived", cluster)
         time.sleep(5)  # a late duplicate, if there were one, would show up now
 
         event_ids = _asset_event_job_ids(cluster)
-        assert sorted(event_ids) == sorted(JOBS), f"asset events: {sorted(event_ids)}"
+        assert sorted(event_ids) == sorted(jobs), f"asset events: {sorted(event_ids)}"
         runs = cluster.query("SELECT run_id, state FROM dag_run WHERE dag_id = ?", DAG_ID)
         assert all(state == "success" for _, state in runs), f"{runs}\n{cluster.diagnostics()}"
         archived = cluster.query(
@@ -126,7 +143,7 @@ def test_each_finished_job_is_archived_once_across_a_triggerer_restart(
             DAG_ID,
             "archive_task_logs",
         )
-        assert len(archived) == len(JOBS), archived  # one mapped task instance per job, none repeated
+        assert len(archived) == len(jobs), archived  # one mapped task instance per job, none repeated
         assert all(state == "success" for _, _, state in archived), archived
         for i, job_id in enumerate(JOBS):
             manifest = json.loads((archive / job_id / "manifest.json").read_text())
@@ -139,6 +156,7 @@ def test_each_finished_job_is_archived_once_across_a_triggerer_restart(
             "modelarts_training_job_finished" in first_log or "ModelArtsTrainingJobEventTrigger" in first_log
         )
         print(
-            f"{len(runs)} DAG runs for {len(JOBS)} jobs; triggerer restarted after {restarted_with} events; "
+            f"{len(runs)} DAG runs for {len(jobs)} jobs (flush job needed: {len(jobs) > len(JOBS)}); "
+            f"triggerer restarted after {restarted_with} events; "
             f"emulator searches: {emu.counters['search']}, job GETs: {emu.counters['job']}"
         )

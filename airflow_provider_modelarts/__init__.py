@@ -133,6 +133,12 @@ def get_provider_info() -> dict:
                         "description": "Retries for throttling, 5xx and network errors (default 5).",
                         "schema": {"type": ["integer", "null"]},
                     },
+                    "requests_per_second": {
+                        "label": "Requests per second",
+                        "description": "Pace ModelArts API calls of each process to this rate, adapting to 429s "
+                        "(default: no pacing).",
+                        "schema": {"type": ["number", "null"]},
+                    },
                 },
             }
         ],

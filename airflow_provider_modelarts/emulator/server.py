@@ -21,6 +21,12 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from airflow_provider_modelarts.emulator.logs import LogSource
+from airflow_provider_modelarts.emulator.ratelimit import (
+    THROTTLE_CODE,
+    RateLimiter,
+    credential_of,
+    parse_rate_limit,
+)
 from airflow_provider_modelarts.emulator.scenario import (
     SECONDARY_PHASE,
     TERMINAL,
@@ -93,6 +99,8 @@ class ModelArtsEmulator:
     :param iam_password: its password.
     :param domain: its account (domain) name.
     :param region: region name reported in tokens and accepted as the project name in token scopes.
+    :param rate_limit: the gateway's per-credential limit on ModelArts API calls, e.g. ``"20/s"`` or
+        ``"600/min"`` (see :mod:`~airflow_provider_modelarts.emulator.ratelimit`); None for no limit.
     """
 
     def __init__(
@@ -110,6 +118,7 @@ class ModelArtsEmulator:
         iam_password: str = DEFAULT_IAM_PASSWORD,
         domain: str = DEFAULT_DOMAIN,
         region: str = DEFAULT_REGION,
+        rate_limit: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -122,6 +131,7 @@ class ModelArtsEmulator:
         self.domain = domain
         self.region = region
         self.knobs = Knobs(link_ttl=link_ttl)
+        self.rate_limiter = RateLimiter(parse_rate_limit(rate_limit)) if rate_limit else None
         self.counters = Counters()
         self.obs_access_key = OBS_ACCESS_KEY
         self._obs_secret = secrets.token_urlsafe(30)
@@ -748,6 +758,11 @@ class ModelArtsEmulator:
         except _Reject:
             self.counters.add("rejected_auth")
             raise
+        limiter = self.rate_limiter
+        if limiter is not None and not limiter.allow(credential_of(headers, token_user=self.iam_user)):
+            self.counters.add("throttled")
+            handler.send_error_json(429, THROTTLE_CODE, limiter.limit.message(), apig=True)
+            return
         fault = self._api_faults()
         if fault is not None:
             status, code, msg, apig = fault

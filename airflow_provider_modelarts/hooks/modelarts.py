@@ -9,6 +9,7 @@ request building, the error parsing and the retry predicate defined here.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import requests
@@ -52,6 +53,14 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
     ModelArtsTransportError,
     ModelArtsValidationError,
+)
+from airflow_provider_modelarts.ratelimit import AdaptiveRateLimiter, LimiterKey, get_rate_limiter
+from airflow_provider_modelarts.redaction import SIGNED_URL_SECRET_PARAMS as _SIGNED_URL_SECRET_PARAMS
+from airflow_provider_modelarts.redaction import (
+    mark_link_private,
+    mask_signed_url,
+    scrub_exception_chain,
+    signed_url_secrets,  # noqa: F401 - re-exported: it lived here before the redaction module
 )
 
 log = logging.getLogger(__name__)
@@ -85,9 +94,6 @@ _REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _REGION_IN_HOST_RE = re.compile(r"^modelarts\.([a-z0-9-]+)\.myhuaweicloud\.(?:com|cn)$")
 _MAX_ID_LENGTH = 256
 _AUTH_TYPES = ("aksk", "token")
-_SIGNED_URL_SECRET_PARAMS = frozenset(
-    {"signature", "x-obs-security-token", "x-amz-security-token", "x-amz-signature"}
-)
 _INTL_REGION_PREFIXES = ("ap-", "af-", "la-", "sa-", "tr-", "me-", "eu-")
 # Endpoint naming per huaweicloudsdkmodelarts ModelArtsRegion: every region but Hong Kong ends in .com.
 _REGION_DOMAIN_EXCEPTIONS = {"ap-southeast-1": "myhuaweicloud.cn"}
@@ -237,6 +243,32 @@ def _parse_max_retries(value: Any) -> int:
     return number
 
 
+def _parse_link_hosts(value: Any) -> tuple[str, ...]:
+    """Extra ``log_link_hosts``: a list of ``fnmatch`` host patterns (or one comma-separated string)."""
+    if value in (None, "", []):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ModelArtsConfigError(
+            "extra 'log_link_hosts' must be a list of host patterns such as ['*.obs.cn-north-4.myhuaweicloud.com']"
+        )
+    return tuple(i.strip().lower() for i in items)
+
+
+def _parse_requests_per_second(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 < number < float("inf"):
+        raise ModelArtsConfigError(
+            f"extra 'requests_per_second' must be a number > 0 (or unset for no pacing), got {value!r}"
+        )
+    return number
+
+
 def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     value = extra.get(key)
     if value is None or value == "":
@@ -269,6 +301,9 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param log_link_hosts: ``fnmatch`` patterns of the hosts log links may point to (empty: any host).
+    :param requests_per_second: pace ModelArts API calls of this process to this rate (shared by every hook
+        with the same endpoint and credential); None for no pacing.
     :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
     """
 
@@ -286,6 +321,8 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    log_link_hosts: tuple[str, ...] = ()
+    requests_per_second: float | None = None
     smn_endpoint: str | None = None
 
     @classmethod
@@ -406,6 +443,8 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            log_link_hosts=_parse_link_hosts(extras.get("log_link_hosts")),
+            requests_per_second=_parse_requests_per_second(extras.get("requests_per_second")),
             smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
         )
@@ -414,6 +453,13 @@ class ModelArtsConnectionConfig:
     def token_key(self) -> TokenKey:
         """Key of this connection's IAM token in the process-wide cache."""
         return (self.iam_endpoint or "", self.domain_name or "", self.user_name or "", self.project_id)
+
+    @property
+    def limiter_key(self) -> LimiterKey:
+        """Who shares a rate limiter: the endpoint and the AK (aksk) or the IAM user (token)."""
+        if self.auth_type == "aksk":
+            return LimiterKey(self.endpoint, f"ak:{self.access_key}")
+        return LimiterKey(self.endpoint, f"user:{self.domain_name}/{self.user_name}")
 
     @cached_property
     def signer(self) -> AkSkSigner | None:
@@ -462,43 +508,6 @@ def _warn_verify_disabled() -> None:
 # ------------------------------------------------------------------------------------------------
 # Secrets in signed URLs
 # ------------------------------------------------------------------------------------------------
-
-
-def signed_url_secrets(url: str) -> list[str]:
-    """The secret parts of a pre-signed OBS URL in every form a log line may show.
-
-    ``Signature``, ``X-Amz-Signature`` and ``x-obs-security-token``/``x-amz-security-token`` values, raw
-    (as they appear in the URL), decoded and URL-encoded.
-
-    :param url: the signed URL.
-    """
-    secrets: list[str] = []
-    for raw_pair in urlsplit(url).query.split("&"):
-        name, sep, raw_value = raw_pair.partition("=")
-        if not sep or unquote(name).lower() not in _SIGNED_URL_SECRET_PARAMS or not raw_value:
-            continue
-        decoded = unquote(raw_value.replace("+", " "))
-        for form in (
-            raw_value,
-            unquote(raw_value),
-            decoded,
-            quote(decoded, safe=""),
-            quote(decoded, safe="~"),
-        ):
-            if form and form not in secrets:
-                secrets.append(form)
-    return secrets
-
-
-def mask_signed_url(url: str, mask: Callable[[str], None] | None = None) -> None:
-    """Register the secret parts of a pre-signed OBS URL (see :func:`signed_url_secrets`) with the masker.
-
-    :param url: the signed URL.
-    :param mask: registers one secret (default ``mask_secret``).
-    """
-    register = mask or mask_secret
-    for secret in signed_url_secrets(url):
-        register(secret)
 
 
 async def _amask(secret: str) -> None:
@@ -628,6 +637,8 @@ class _Call:
 
     def no_answer(self, err: Exception) -> ModelArtsTransportError:
         """The error for an attempt that got no HTTP answer (only the error type: its text may hold the URL)."""
+        if self.error_kind == "obs":
+            scrub_exception_chain(err, redact_signed_url_secrets)
         return ModelArtsTransportError(
             f"{self.method} {self.path} got no answer: {type(err).__name__}",
             method=self.method,
@@ -839,6 +850,17 @@ class _ModelArtsBase:
             reraise=True,
         )
 
+    @staticmethod
+    def _rate_limiter(config: ModelArtsConnectionConfig, call: _Call) -> AdaptiveRateLimiter | None:
+        """The process-wide limiter pacing ``call`` (ModelArts API calls only), or None when pacing is off."""
+        if (
+            config.requests_per_second is None
+            or not call.authenticated
+            or not call.url.startswith(config.endpoint + "/")  # other services (SMN) have their own limits
+        ):
+            return None
+        return get_rate_limiter(config.limiter_key, config.requests_per_second)
+
     def _request_timeout(self, config: ModelArtsConnectionConfig, timeout: float | None = None) -> float:
         if timeout is not None:
             return timeout
@@ -991,6 +1013,8 @@ class _ModelArtsBase:
         status: int,
         request_id: str | None,
         mask: Callable[[str], None] | None = None,
+        *,
+        register: bool = True,
     ) -> str:
         if not isinstance(payload, dict) or "obs_url" not in payload:
             raise ModelArtsResponseError(
@@ -1003,7 +1027,10 @@ class _ModelArtsBase:
         url = _validate_http_url(
             payload["obs_url"], what="obs_url", status_code=status, request_id=request_id
         )
-        mask_signed_url(url, mask)
+        if register:
+            mask_signed_url(url, mask)
+        else:
+            mark_link_private(url)
         return url
 
     @staticmethod
@@ -1128,6 +1155,10 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         ``Retry-After``); e.g. ``tenacity.wait_none()`` in tests.
     :param max_retries: retries after the first attempt; default from the connection (5).
     :param timeout: per-request timeout in seconds; default from the connection (30).
+    :param mask_log_links: register the signature of each log link :meth:`get_task_log_url` returns with
+        Airflow's secret masker (default). ``False`` is for callers that never log a link, put it in an
+        error message or push it to XCom (the archive workers): the masker grows with every secret, so
+        each registration costs more than the one before.
     """
 
     conn_name_attr = "modelarts_conn_id"
@@ -1142,12 +1173,14 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         retry_wait: tenacity.wait.wait_base | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        mask_log_links: bool = True,
     ) -> None:
         super().__init__()
         self.modelarts_conn_id = modelarts_conn_id
         self._retry_wait = retry_wait
         self._max_retries = max_retries
         self._timeout = timeout
+        self.mask_log_links = mask_log_links
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -1181,15 +1214,24 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         token: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
+        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`.
+
+        Redirects are never followed (a 3xx is an error answer, not retried).
+        """
         config = self.config
         request_timeout = self._request_timeout(config, timeout)
+        http = session or self.session
+        limiter = self._rate_limiter(config, call)
 
         def attempt() -> requests.Response:
+            if limiter is not None:
+                limiter.acquire()
             url, headers, body = self._authorize(config, call, token)
+            failure: ModelArtsTransportError | None = None
             try:
-                response = self.session.request(
+                response = http.request(
                     call.method,
                     url,
                     headers=headers,
@@ -1197,10 +1239,16 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                     stream=stream,
                     timeout=request_timeout,
                     verify=config.verify,
-                    allow_redirects=call.error_kind == "obs",
+                    allow_redirects=False,
                 )
             except requests.RequestException as err:
-                raise call.no_answer(err) from err
+                if call.error_kind != "obs":
+                    raise call.no_answer(err) from err
+                failure = call.no_answer(err)
+            if failure is not None:  # raised outside the handler: the cause holds the signed link
+                raise failure
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             try:
@@ -1326,7 +1374,13 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """
         call = self._log_url_call(self.config, training_job_id, task_id, download)
         payload, response = self._api_json(call)
-        return self._log_url_from(call, payload, response.status_code, response.headers.get("X-Request-Id"))
+        return self._log_url_from(
+            call,
+            payload,
+            response.status_code,
+            response.headers.get("X-Request-Id"),
+            register=self.mask_log_links,
+        )
 
     def preview_task_log(self, training_job_id: str, task_id: str) -> dict:
         """The last (up to 5 MB) of a task's log: ``{"content", "current_size", "full_size"}``.
@@ -1373,16 +1427,29 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """Open a pre-signed log link as a byte stream (``stream=True``), from byte ``offset``.
 
         Transport errors, 5xx and 429 are retried. The caller closes the response. The answer is 200
-        (whole object, e.g. when the server ignores ``Range``) or 206.
+        (whole object, e.g. when the server ignores ``Range``) or 206. The link is read with
+        :attr:`link_session` (no API cookies or headers), redirects are not followed, ``user:pass@``
+        is refused and the host must match the connection's ``log_link_hosts`` (when set).
 
         :param url: the link from :meth:`get_task_log_url`.
         :param offset: first byte wanted; sends ``Range: bytes={offset}-`` when > 0.
         :param timeout: per-request timeout (connect and between bytes).
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         :raises ModelArtsApiError: any other error answer (``error_code`` from the XML ``<Code>``).
+        :raises ModelArtsValidationError: a link with credentials, or to a host not allowed.
         """
         call = _obs_call(url, offset)
-        return self._send(call, stream=True, timeout=timeout)
+        _check_link_host(url, self.config.log_link_hosts)
+        return self._send(call, stream=True, timeout=timeout, session=self.link_session)
+
+    @cached_property
+    def link_session(self) -> requests.Session:
+        """The session that reads log links: none of the API session's cookies or headers, and no
+        credentials or proxies from the environment (``.netrc`` would add Basic auth)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
+        return session
 
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
@@ -1409,7 +1476,11 @@ def _obs_call(url: str, offset: int) -> _Call:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
     url = valid
     mask_signed_url(url)
-    headers = {"User-Agent": USER_AGENT}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    # Identity: a compressed answer states the encoded size only (the archive copes, but prefers plain).
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
     # The link is sent exactly as ModelArts returned it: its signature covers the encoded query.
@@ -1421,6 +1492,15 @@ def _obs_call(url: str, offset: int) -> _Call:
         authenticated=False,
         error_kind="obs",
     )
+
+
+def _check_link_host(url: str, patterns: tuple[str, ...]) -> None:
+    """Refuse a link whose host matches none of the connection's ``log_link_hosts`` patterns."""
+    host = (urlsplit(url).hostname or "").lower()
+    if patterns and not any(fnmatch.fnmatchcase(host, p) for p in patterns):
+        raise ModelArtsValidationError(
+            f"the log link points to host {host!r}, which matches none of log_link_hosts {list(patterns)}"
+        )
 
 
 def _task_list(call: _Call, payload: Any, status: int) -> list[dict]:
@@ -1559,8 +1639,11 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         client = await self.get_client()
         config = await self.get_config()
         request_timeout = self._request_timeout(config, timeout)
+        limiter = self._rate_limiter(config, call)
 
         async def attempt() -> httpx.Response:
+            if limiter is not None:
+                await limiter.aacquire()
             url, headers, body = self._authorize(config, call, token)
             try:
                 response = await client.request(
@@ -1568,6 +1651,8 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
                 )
             except httpx.HTTPError as err:
                 raise call.no_answer(err) from err
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             raise call.error_answer(

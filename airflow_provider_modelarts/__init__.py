@@ -104,6 +104,11 @@ def get_provider_info() -> dict:
                         "description": "Overrides the IAM endpoint used for token auth.",
                         "schema": {"type": ["string", "null"]},
                     },
+                    "obs_endpoint": {
+                        "label": "OBS endpoint",
+                        "description": "For obs:// destinations; overrides https://obs.{region}.myhuaweicloud.com.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "verify": {
                         "label": "Verify TLS",
                         "description": "true (default), false, or a CA bundle path.",

@@ -1072,7 +1072,7 @@ class _ModelArtsBase:
     def _console_url(config: ModelArtsConnectionConfig, training_job_id: str) -> str:
         job = _quote_segment(validate_resource_id(training_job_id))
         if config.region is None:
-            return f"{config.endpoint}/console/#/trainingJobs/{job}"
+            return ""  # an endpoint-only connection (e.g. the emulator): no console to link to
         host = (
             "console-intl.huaweicloud.com"
             if config.region.startswith(_INTL_REGION_PREFIXES)
@@ -1394,6 +1394,9 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
 
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
+
+        ``""`` when the connection has no region (only an ``endpoint``): there is no console to link to,
+        and the extra link then shows nothing.
 
         :param training_job_id: the job id.
         """

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 TRAINING_JOB_XCOM_KEY = "modelarts_training_job"
 """XCom key holding ``{"training_job_id", "console_url", "modelarts_conn_id", "task_ids"}``."""
 
+LINK_DATA_ATTRIBUTE = "modelarts_link_data"
+"""Operator attribute: what :func:`persist_training_job_links` stored during this run, or ``None``.
+
+Operators carrying these links declare it as a class attribute (``None``). When the worker evaluates the
+links at the end of the task it reads this attribute instead of XCom, so a task that failed before it
+stored anything (wrong job id, bad destination, incomplete connection) gets no link and no second,
+misleading ``XCom not found`` error in its log. Operators without the attribute (a plugin's global link
+resolved by the API server) read XCom.
+"""
+
 LOG_PREVIEW_LINK_TIMEOUT = 3.0
 """Seconds the preview link may spend asking ModelArts; the UI must never hang on it."""
 
@@ -49,15 +59,15 @@ def persist_training_job_links(
     """
     task = context.get("task")
     conn_id = modelarts_conn_id or getattr(task, "modelarts_conn_id", None) or "modelarts_default"
-    context["ti"].xcom_push(
-        key=TRAINING_JOB_XCOM_KEY,
-        value={
-            "training_job_id": training_job_id,
-            "console_url": console_url,
-            "modelarts_conn_id": conn_id,
-            "task_ids": list(task_ids or []),
-        },
-    )
+    value = {
+        "training_job_id": training_job_id,
+        "console_url": console_url,
+        "modelarts_conn_id": conn_id,
+        "task_ids": list(task_ids or []),
+    }
+    context["ti"].xcom_push(key=TRAINING_JOB_XCOM_KEY, value=value)
+    if task is not None and hasattr(task, LINK_DATA_ATTRIBUTE):
+        setattr(task, LINK_DATA_ATTRIBUTE, value)
 
 
 def _read_xcom_from_db(ti_key: TaskInstanceKey) -> Any:
@@ -81,12 +91,16 @@ def _read_xcom_from_db(ti_key: TaskInstanceKey) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def _stored_job(ti_key: TaskInstanceKey) -> dict[str, Any] | None:
-    try:
-        value = XCom.get_value(key=TRAINING_JOB_XCOM_KEY, ti_key=ti_key)
-    except Exception:
-        # No task supervisor to ask: this is the API server, which reads the metadata DB directly.
-        value = _read_xcom_from_db(ti_key)
+def _stored_job(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
+    if hasattr(operator, LINK_DATA_ATTRIBUTE):
+        # The worker, at the end of the task: this run stored the job, or nothing to link to.
+        value = getattr(operator, LINK_DATA_ATTRIBUTE)
+    else:
+        try:
+            value = XCom.get_value(key=TRAINING_JOB_XCOM_KEY, ti_key=ti_key)
+        except Exception:
+            # No task supervisor to ask: this is the API server, which reads the metadata DB directly.
+            value = _read_xcom_from_db(ti_key)
     return value if isinstance(value, dict) and value.get("training_job_id") else None
 
 
@@ -97,7 +111,7 @@ class ModelArtsTrainingJobConsoleLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(ti_key)
+            stored = _stored_job(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts console link from XCom", exc_info=True)
             return ""
@@ -116,7 +130,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(ti_key)
+            stored = _stored_job(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts job from XCom", exc_info=True)
             return ""

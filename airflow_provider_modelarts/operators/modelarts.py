@@ -147,6 +147,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     )
     ui_color = "#c7000b"
     operator_extra_links = (ModelArtsTrainingJobConsoleLink(),)
+    modelarts_link_data: dict[str, Any] | None = None
+    """What the extra links show, once this run has read the job (see ``LINK_DATA_ATTRIBUTE``)."""
 
     def __init__(
         self,
@@ -266,13 +268,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
-        persist_training_job_links(
-            context,
-            training_job_id=self.training_job_id,
-            console_url=self.hook.console_url(self.training_job_id),
-            modelarts_conn_id=self.modelarts_conn_id,
-            task_ids=job_tasks(job),
-        )
+        self._persist_links(context, job)
         phase = self._phase(job)
         if self.wait_for_completion and not phase.is_terminal:
             if self.deferrable:
@@ -291,7 +287,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             )
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
+        # A resumed task runs in a new process: store the links' data again for this one.
+        self._persist_links(context, job)
         return self._archive(context, job, destination, layout, task_ids)
+
+    def _persist_links(self, context: Context, job: dict[str, Any]) -> None:
+        persist_training_job_links(
+            context,
+            training_job_id=self.training_job_id,
+            console_url=self.hook.console_url(self.training_job_id),
+            modelarts_conn_id=self.modelarts_conn_id,
+            task_ids=job_tasks(job),
+        )
 
     def _phase(self, job: dict[str, Any]) -> TrainingJobPhase:
         return TrainingJobPhase.parse(

@@ -191,9 +191,7 @@ def test_unknown_task_id_lists_available_tasks(obs, tmp_path):
         ("file:///data/../archive", r"'\.\.' segments"),
     ],
 )
-def test_bad_destination_is_rejected_before_any_call(
-    obs, tmp_path, monkeypatch, destination, match
-):
+def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, monkeypatch, destination, match):
     monkeypatch.chdir(tmp_path)
     op, hook = make_op(obs, ["Completed"], tmp_path, destination=destination)
     with pytest.raises(ModelArtsValidationError, match=match):

@@ -13,6 +13,7 @@ through the ``smtp_default`` connection.
 
 from __future__ import annotations
 
+# [START howto_notifier_modelarts_task_logs]
 import os
 from datetime import datetime
 
@@ -26,7 +27,6 @@ JOB_ID = os.environ.get("MODELARTS_TRAINING_JOB_ID", "demo-train-fail")
 ALERT_EMAIL = os.environ.get("MODELARTS_ALERT_EMAIL")
 POLL_INTERVAL = float(os.environ.get("MODELARTS_POLL_INTERVAL", "30"))
 
-# [START howto_notifier_modelarts_task_logs]
 ALERT_SUBJECT = (
     "[Airflow] {{ dag.dag_id }}: training job {{ modelarts.training_job_id }} is {{ modelarts.phase }}"
 )

@@ -230,7 +230,7 @@ def test_console_lines_are_never_cut_inside_a_path_or_a_hash():
     assert len(shown) <= demo.MAX_SHOWN + 10
     # Whatever is shown is whole words of the message, and a cut is marked.
     words = shown.strip().removesuffix(" …").split(" ")
-    message = line.split("] ", 1)[1].split(" [airflow_provider")[0]
+    message = line.split("] ", 1)[1].split(" [airflow_provider", maxsplit=1)[0]
     assert words == message.split(" ")[: len(words)]
     assert shown.endswith(" …")
     short = demo.summarise(line.replace(path, "file:///a/worker-0.log"))
@@ -239,7 +239,12 @@ def test_console_lines_are_never_cut_inside_a_path_or_a_hash():
 
 @pytest.mark.parametrize(
     ("size", "rate", "shown"),
-    [("4.0 MiB", "73.2", True), ("1.1 GiB", "900.0", True), ("12.5 KiB", "0.1", False), ("37 B", "0.0", False)],
+    [
+        ("4.0 MiB", "73.2", True),
+        ("1.1 GiB", "900.0", True),
+        ("12.5 KiB", "0.1", False),
+        ("37 B", "0.0", False),
+    ],
 )
 def test_throughput_shown_only_for_logs_of_a_mebibyte_or_more(size, rate, shown):
     line = (

@@ -213,7 +213,11 @@ def missing_imports(blocks: list[Block]) -> list[str]:
                     module = importlib.import_module(module_name)
                 except ModuleNotFoundError:
                     parts = module_name.split(".")
-                    package = f"apache-airflow-providers-{parts[2]}" if parts[:2] == ["airflow", "providers"] else None
+                    package = (
+                        f"apache-airflow-providers-{parts[2]}"
+                        if parts[:2] == ["airflow", "providers"]
+                        else None
+                    )
                     if package is None or package not in text:
                         problems.append(f"{block.doc.name}:{block.line}: no module {module_name!r}")
                     continue

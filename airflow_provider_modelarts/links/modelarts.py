@@ -91,16 +91,20 @@ def _read_xcom_from_db(ti_key: TaskInstanceKey) -> Any:
     return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def _stored_job(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
-    if hasattr(operator, LINK_DATA_ATTRIBUTE):
-        # The worker, at the end of the task: this run stored the job, or nothing to link to.
-        value = getattr(operator, LINK_DATA_ATTRIBUTE)
-    else:
-        try:
-            value = XCom.get_value(key=TRAINING_JOB_XCOM_KEY, ti_key=ti_key)
-        except Exception:
-            # No task supervisor to ask: this is the API server, which reads the metadata DB directly.
-            value = _read_xcom_from_db(ti_key)
+def _stored_job(ti_key: TaskInstanceKey) -> dict[str, Any] | None:
+    try:
+        value = XCom.get_value(key=TRAINING_JOB_XCOM_KEY, ti_key=ti_key)
+    except Exception:
+        # No task supervisor to ask: this is the API server, which reads the metadata DB directly.
+        value = _read_xcom_from_db(ti_key)
+    return value if isinstance(value, dict) and value.get("training_job_id") else None
+
+
+def _job_for(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
+    if not hasattr(operator, LINK_DATA_ATTRIBUTE):
+        return _stored_job(ti_key)
+    # The worker, at the end of the task: what this run stored, or nothing to link to.
+    value = getattr(operator, LINK_DATA_ATTRIBUTE)
     return value if isinstance(value, dict) and value.get("training_job_id") else None
 
 
@@ -111,7 +115,7 @@ class ModelArtsTrainingJobConsoleLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(operator, ti_key)
+            stored = _job_for(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts console link from XCom", exc_info=True)
             return ""
@@ -130,7 +134,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(operator, ti_key)
+            stored = _job_for(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts job from XCom", exc_info=True)
             return ""

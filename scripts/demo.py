@@ -7,7 +7,8 @@ Started by ``scripts/demo.sh`` inside ``.venv``. It:
    two-worker training job that runs for a few seconds and writes several MB of logs, and a job that fails;
 3. starts an SMTP server on 127.0.0.1 for the failure alert;
 4. runs each example DAG with ``airflow dags test``;
-5. prints where the logs were archived, the manifest, the log links pushed to XCom, and the alert e-mail.
+5. prints where the logs were archived, the manifest, the log links pushed to XCom, the alert e-mail and
+   the alert the emulator's SMN topic received.
 
 Every process it starts runs in its own process group and is stopped on exit, on failure and on Ctrl-C.
 Re-running is safe: the demo jobs' folders in the archive are replaced, nothing else is touched.
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -47,6 +49,8 @@ DEMO_SK = "demo-secret-key-for-the-local-emulator-only"
 DEMO_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 OK_JOB = "demo-train-ok"
 FAILED_JOB = "demo-train-fail"
+DEMO_REGION = "cn-north-4"
+SMN_TOPIC_URN = f"urn:smn:{DEMO_REGION}:{DEMO_PROJECT_ID}:modelarts-alerts"
 
 
 @dataclass
@@ -77,10 +81,9 @@ def plans(archive: Path, smtp_port: int | None) -> list[DagRunPlan]:
             env={
                 **common,
                 "MODELARTS_TRAINING_JOB_ID": FAILED_JOB,
-                "MODELARTS_ALERT_EMAIL": "ml-team@example.com",
-            }
-            if smtp_port
-            else common,
+                "MODELARTS_ALERT_SMN_TOPIC_URN": SMN_TOPIC_URN,
+                **({"MODELARTS_ALERT_EMAIL": "ml-team@example.com"} if smtp_port else {}),
+            },
         ),
         # Lists the jobs that finished in the run's data interval (both demo jobs) and archives each one;
         # the completed job is already archived intact, so it is skipped.
@@ -247,7 +250,8 @@ def airflow_env(home: Path, emulator_url: str, smtp_port: int | None) -> dict[st
                     "extra": {
                         "project_id": DEMO_PROJECT_ID,
                         "endpoint": emulator_url,
-                        "region": "cn-north-4",
+                        "region": DEMO_REGION,
+                        "smn_endpoint": emulator_url,
                     },
                 }
             ),
@@ -443,8 +447,37 @@ def manifests(archive: Path, job_ids: list[str]) -> list[Path]:
     return [p for job in job_ids for p in sorted((archive / job).rglob("manifest.json"))]
 
 
+def smn_messages(emulator_url: str) -> list[dict[str, Any]]:
+    """The messages the emulator's SMN topics received (``GET /_emulator/smn/messages``)."""
+    with urllib.request.urlopen(f"{emulator_url}/_emulator/smn/messages", timeout=10) as response:
+        return list(json.loads(response.read())["messages"])
+
+
+def show_smn(progress: Progress, messages: list[dict[str, Any]]) -> None:
+    print()
+    progress.step(f"Failure alerts published to the emulator's SMN topic ({len(messages)})")
+    for message in messages:
+        progress.detail(f"Topic: {message['topic_urn']}  Subject: {message.get('subject')}")
+        progress.detail(f"message_id {message['message_id']}")
+        entries = message.get("message_structure") or {"default": message.get("message") or ""}
+        for protocol, text in entries.items():
+            lines = [line for line in str(text).strip().splitlines() if line.strip()]
+            progress.detail(f"  [{protocol}] ({len(text.encode('utf-8')):,} bytes)")
+            for line in lines[:30]:
+                progress.detail(f"  | {line}")
+        sms = message["sms"]
+        cut = ", cut by SMN" if sms["truncated"] else ""
+        progress.detail(f"  SMS subscribers receive ({sms['parts']} part(s){cut}): {sms['delivered']}")
+
+
 def show_results(
-    progress: Progress, archive: Path, db: Path, dag_ids: list[str], mail: _MailStore | None
+    progress: Progress,
+    archive: Path,
+    db: Path,
+    dag_ids: list[str],
+    mail: _MailStore | None,
+    *,
+    smn: list[dict[str, Any]] | None = None,
 ) -> None:
     print()
     progress.step(f"Logs archived under {archive}")
@@ -486,6 +519,8 @@ def show_results(
                 text = html_to_text(text)
             for line in [line for line in text.strip().splitlines() if line.strip()][:30]:
                 progress.detail(f"  | {line}")
+    if smn:
+        show_smn(progress, smn)
 
 
 _HTML_TAG = re.compile(r"</?(?:h\d|p|ul|ol|li|pre|b|i|em|strong|br|div|span|a)\b[^>]*>", re.IGNORECASE)
@@ -581,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if not ran:
                 raise DemoError("no example DAG found in example_dags/")
-            show_results(progress, archive, db, ran, mail)
+            show_results(progress, archive, db, ran, mail, smn=smn_messages(url))
     except KeyboardInterrupt:
         print()
         progress.step("Interrupted: stopping everything the demo started")

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from airflow_provider_modelarts.emulator.ratelimit import parse_rate_limit
 from airflow_provider_modelarts.emulator.server import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--link-ttl", type=float, default=300, help="lifetime of OBS log links in seconds (default 300)"
     )
+    parser.add_argument(
+        "--rate-limit",
+        metavar="N[/s|/min]",
+        type=_rate_limit,
+        help="per-credential limit on ModelArts API calls (token bucket); over it: 429 APIG.0308",
+    )
     return parser
 
 
@@ -53,6 +60,14 @@ def export_line(connection_json: str, conn_id: str = "modelarts_default") -> str
     :param conn_id: the connection id.
     """
     return f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(connection_json)}"
+
+
+def _rate_limit(value: str) -> str:
+    try:
+        parse_rate_limit(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         iam_user=args.iam_user,
         iam_password=args.iam_password,
         domain=args.domain,
+        rate_limit=args.rate_limit,
     )
     url = emulator.start()
     print(url, flush=True)

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import requests
@@ -52,6 +52,14 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
     ModelArtsTransportError,
     ModelArtsValidationError,
+)
+from airflow_provider_modelarts.ratelimit import AdaptiveRateLimiter, LimiterKey, get_rate_limiter
+from airflow_provider_modelarts.redaction import SIGNED_URL_SECRET_PARAMS as _SIGNED_URL_SECRET_PARAMS
+from airflow_provider_modelarts.redaction import (
+    mark_link_private,
+    mask_signed_url,
+    scrub_exception_chain,
+    signed_url_secrets,  # noqa: F401 - re-exported: it lived here before the redaction module
 )
 from airflow_provider_modelarts.transport_errors import describe_no_answer
 
@@ -88,9 +96,6 @@ _REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _REGION_IN_HOST_RE = re.compile(r"^modelarts\.([a-z0-9-]+)\.myhuaweicloud\.(?:com|cn)$")
 _MAX_ID_LENGTH = 256
 _AUTH_TYPES = ("aksk", "token")
-_SIGNED_URL_SECRET_PARAMS = frozenset(
-    {"signature", "x-obs-security-token", "x-amz-security-token", "x-amz-signature"}
-)
 _INTL_REGION_PREFIXES = ("ap-", "af-", "la-", "sa-", "tr-", "me-", "eu-")
 # Endpoint naming per huaweicloudsdkmodelarts ModelArtsRegion: every region but Hong Kong ends in .com.
 _REGION_DOMAIN_EXCEPTIONS = {"ap-southeast-1": "myhuaweicloud.cn"}
@@ -240,6 +245,20 @@ def _parse_max_retries(value: Any) -> int:
     return number
 
 
+def _parse_requests_per_second(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 < number < float("inf"):
+        raise ModelArtsConfigError(
+            f"extra 'requests_per_second' must be a number > 0 (or unset for no pacing), got {value!r}"
+        )
+    return number
+
+
 def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     value = extra.get(key)
     if value is None or value == "":
@@ -247,6 +266,11 @@ def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     if not isinstance(value, str):
         raise ModelArtsConfigError(f"extra '{key}' must be a string, got {type(value).__name__}")
     return value.strip() or None
+
+
+def _optional_base_url(extra: Mapping[str, Any], key: str) -> str | None:
+    value = _optional_str(extra, key)
+    return None if value is None else _validate_base_url(value, key)
 
 
 @dataclass(frozen=True)
@@ -267,6 +291,9 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param requests_per_second: pace ModelArts API calls of this process to this rate (shared by every hook
+        with the same endpoint and credential); None for no pacing.
+    :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
     """
 
     project_id: str
@@ -283,6 +310,8 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    requests_per_second: float | None = None
+    smn_endpoint: str | None = None
 
     @classmethod
     def from_connection(
@@ -408,6 +437,8 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            requests_per_second=_parse_requests_per_second(extras.get("requests_per_second")),
+            smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
         )
 
@@ -415,6 +446,13 @@ class ModelArtsConnectionConfig:
     def token_key(self) -> TokenKey:
         """Key of this connection's IAM token in the process-wide cache."""
         return (self.iam_endpoint or "", self.domain_name or "", self.user_name or "", self.project_id)
+
+    @property
+    def limiter_key(self) -> LimiterKey:
+        """Who shares a rate limiter: the endpoint and the AK (aksk) or the IAM user (token)."""
+        if self.auth_type == "aksk":
+            return LimiterKey(self.endpoint, f"ak:{self.access_key}")
+        return LimiterKey(self.endpoint, f"user:{self.domain_name}/{self.user_name}")
 
     @cached_property
     def signer(self) -> AkSkSigner | None:
@@ -463,43 +501,6 @@ def _warn_verify_disabled() -> None:
 # ------------------------------------------------------------------------------------------------
 # Secrets in signed URLs
 # ------------------------------------------------------------------------------------------------
-
-
-def signed_url_secrets(url: str) -> list[str]:
-    """The secret parts of a pre-signed OBS URL in every form a log line may show.
-
-    ``Signature``, ``X-Amz-Signature`` and ``x-obs-security-token``/``x-amz-security-token`` values, raw
-    (as they appear in the URL), decoded and URL-encoded.
-
-    :param url: the signed URL.
-    """
-    secrets: list[str] = []
-    for raw_pair in urlsplit(url).query.split("&"):
-        name, sep, raw_value = raw_pair.partition("=")
-        if not sep or unquote(name).lower() not in _SIGNED_URL_SECRET_PARAMS or not raw_value:
-            continue
-        decoded = unquote(raw_value.replace("+", " "))
-        for form in (
-            raw_value,
-            unquote(raw_value),
-            decoded,
-            quote(decoded, safe=""),
-            quote(decoded, safe="~"),
-        ):
-            if form and form not in secrets:
-                secrets.append(form)
-    return secrets
-
-
-def mask_signed_url(url: str, mask: Callable[[str], None] | None = None) -> None:
-    """Register the secret parts of a pre-signed OBS URL (see :func:`signed_url_secrets`) with the masker.
-
-    :param url: the signed URL.
-    :param mask: registers one secret (default ``mask_secret``).
-    """
-    register = mask or mask_secret
-    for secret in signed_url_secrets(url):
-        register(secret)
 
 
 async def _amask(secret: str) -> None:
@@ -629,6 +630,8 @@ class _Call:
 
     def no_answer(self, err: Exception) -> ModelArtsTransportError:
         """The error for an attempt that got no HTTP answer: where it went and why, never the query string."""
+        if self.error_kind == "obs":
+            scrub_exception_chain(err, redact_signed_url_secrets)
         return ModelArtsTransportError(
             f"{self.method} {self.path} got no answer from {describe_no_answer(err, url=self.url)}",
             method=self.method,
@@ -842,6 +845,17 @@ class _ModelArtsBase:
             reraise=True,
         )
 
+    @staticmethod
+    def _rate_limiter(config: ModelArtsConnectionConfig, call: _Call) -> AdaptiveRateLimiter | None:
+        """The process-wide limiter pacing ``call`` (ModelArts API calls only), or None when pacing is off."""
+        if (
+            config.requests_per_second is None
+            or not call.authenticated
+            or not call.url.startswith(config.endpoint + "/")  # other services (SMN) have their own limits
+        ):
+            return None
+        return get_rate_limiter(config.limiter_key, config.requests_per_second)
+
     def _request_timeout(self, config: ModelArtsConnectionConfig, timeout: float | None = None) -> float:
         if timeout is not None:
             return timeout
@@ -912,6 +926,27 @@ class _ModelArtsBase:
         )
 
     @staticmethod
+    def _service_call(method: str, url: str, json_body: Any) -> _Call:
+        """A JSON call to another Huawei Cloud service of the connection's project (e.g. SMN)."""
+        valid = _absolute_http_url(url)
+        if valid is None or method not in ("GET", "POST", "PUT", "DELETE"):
+            raise ModelArtsValidationError(
+                "a service call needs GET/POST/PUT/DELETE and an absolute http(s) URL"
+            )
+        parts = urlsplit(valid)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _Call(
+            method=method,
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            path=parts.path,
+            params=parse_qsl(parts.query, keep_blank_values=True),
+            headers={"Content-Type": "application/json;charset=utf-8", "User-Agent": USER_AGENT},
+            body=body,
+        )
+
+    @staticmethod
     def _authorize(
         config: ModelArtsConnectionConfig, call: _Call, token: str | None
     ) -> tuple[str, dict[str, str], bytes | None]:
@@ -974,6 +1009,8 @@ class _ModelArtsBase:
         status: int,
         request_id: str | None,
         mask: Callable[[str], None] | None = None,
+        *,
+        register: bool = True,
     ) -> str:
         if not isinstance(payload, dict) or "obs_url" not in payload:
             raise ModelArtsResponseError(
@@ -986,7 +1023,10 @@ class _ModelArtsBase:
         url = _validate_http_url(
             payload["obs_url"], what="obs_url", status_code=status, request_id=request_id
         )
-        mask_signed_url(url, mask)
+        if register:
+            mask_signed_url(url, mask)
+        else:
+            mark_link_private(url)
         return url
 
     @staticmethod
@@ -1139,6 +1179,10 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         ``Retry-After``); e.g. ``tenacity.wait_none()`` in tests.
     :param max_retries: retries after the first attempt; default from the connection (5).
     :param timeout: per-request timeout in seconds; default from the connection (30).
+    :param mask_log_links: register the signature of each log link :meth:`get_task_log_url` returns with
+        Airflow's secret masker (default). ``False`` is for callers that never log a link, put it in an
+        error message or push it to XCom (the archive workers): the masker grows with every secret, so
+        each registration costs more than the one before.
     """
 
     conn_name_attr = "modelarts_conn_id"
@@ -1153,12 +1197,14 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         retry_wait: tenacity.wait.wait_base | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        mask_log_links: bool = True,
     ) -> None:
         super().__init__()
         self.modelarts_conn_id = modelarts_conn_id
         self._retry_wait = retry_wait
         self._max_retries = max_retries
         self._timeout = timeout
+        self.mask_log_links = mask_log_links
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -1196,8 +1242,11 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
         config = self.config
         request_timeout = self._request_timeout(config, timeout)
+        limiter = self._rate_limiter(config, call)
 
         def attempt() -> requests.Response:
+            if limiter is not None:
+                limiter.acquire()
             url, headers, body = self._authorize(config, call, token)
             try:
                 response = self.session.request(
@@ -1212,6 +1261,8 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                 )
             except requests.RequestException as err:
                 raise call.no_answer(err) from err
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             try:
@@ -1337,7 +1388,13 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """
         call = self._log_url_call(self.config, training_job_id, task_id, download)
         payload, response = self._api_json(call)
-        return self._log_url_from(call, payload, response.status_code, response.headers.get("X-Request-Id"))
+        return self._log_url_from(
+            call,
+            payload,
+            response.status_code,
+            response.headers.get("X-Request-Id"),
+            register=self.mask_log_links,
+        )
 
     def preview_task_log(self, training_job_id: str, task_id: str) -> dict:
         """The last (up to 5 MB) of a task's log: ``{"content", "current_size", "full_size"}``.
@@ -1350,6 +1407,20 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         )
         payload, response = self._api_json(call)
         return self._preview_from(call, payload, response.status_code)
+
+    def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Call another Huawei Cloud service of the connection's project (e.g. SMN) over this hook's transport.
+
+        Same signing or IAM token, timeout, retries and typed errors as every ModelArts call.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the connection with a cheap call (a one-job search); never raises.
@@ -1570,8 +1641,11 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         client = await self.get_client()
         config = await self.get_config()
         request_timeout = self._request_timeout(config, timeout)
+        limiter = self._rate_limiter(config, call)
 
         async def attempt() -> httpx.Response:
+            if limiter is not None:
+                await limiter.aacquire()
             url, headers, body = self._authorize(config, call, token)
             try:
                 response = await client.request(
@@ -1579,6 +1653,8 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
                 )
             except httpx.HTTPError as err:
                 raise call.no_answer(err) from err
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             raise call.error_answer(
@@ -1645,3 +1721,15 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         for secret in secrets:
             await _amask(secret)
         return url
+
+    async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = await self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")

@@ -196,8 +196,12 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
 
     def new_hook(self) -> ModelArtsHook:
-        """A hook for one archive worker thread (a ``requests.Session`` is not shared between threads)."""
-        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
+        """A hook for one archive worker thread (a ``requests.Session`` is not shared between threads).
+
+        Its log links stay inside the archiver (logged without their query, never in XCom), so they are not
+        registered with the secret masker, whose cost grows with every registration.
+        """
+        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id, mask_log_links=False)
 
     # ---------------------------------------------------------------------------------------------------
 

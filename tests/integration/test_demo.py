@@ -106,6 +106,11 @@ def test_demo_runs_and_cleans_up(tmp_path):
 
     assert re.search(r"Log links pushed to XCom \([1-9]\d*\)", out), out[-4000:]
     assert "expires at" in out
+    # The failure alert also went to the emulator's SMN topic, and the demo shows what it received.
+    assert "Failure alerts published to the emulator's SMN topic (1)" in out, out[-4000:]
+    assert f"Topic: {demo.SMN_TOPIC_URN}" in out
+    assert "| RuntimeError: CUDA out of memory" in out
+    assert "SMS subscribers receive (1 part(s)): Airflow example_modelarts_failure_alert:" in out
     assert "Demo finished" in out
 
 
@@ -255,3 +260,24 @@ def test_throughput_shown_only_for_logs_of_a_mebibyte_or_more(size, rate, shown)
     assert out is not None
     assert (f"({rate} MB/s)" in out) is shown
     assert "MB/s" in out or "in 0.1s, sha256 ab" in out
+
+
+def test_smn_messages_are_shown_in_the_demo_style():
+    import io
+
+    out = io.StringIO()
+    message = {
+        "topic_urn": "urn:smn:cn-north-4:p:t",
+        "subject": "job j is Failed",
+        "message_id": "m-1",
+        "message": None,
+        "message_structure": {"default": "line 1\n\nline 2", "sms": "short"},
+        "sms": {"parts": 1, "delivered": "short", "truncated": False},
+    }
+    demo.show_smn(demo.Progress(out), [message])
+    text = out.getvalue()
+    assert "Failure alerts published to the emulator's SMN topic (1)" in text
+    assert "Topic: urn:smn:cn-north-4:p:t  Subject: job j is Failed" in text
+    assert "  | line 1\n" in text and "  | line 2\n" in text
+    assert "[sms] (5 bytes)" in text
+    assert "SMS subscribers receive (1 part(s)): short" in text

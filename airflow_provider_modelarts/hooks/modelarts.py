@@ -9,6 +9,7 @@ request building, the error parsing and the retry predicate defined here.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -245,6 +246,18 @@ def _parse_max_retries(value: Any) -> int:
     return number
 
 
+def _parse_link_hosts(value: Any) -> tuple[str, ...]:
+    """Extra ``log_link_hosts``: a list of ``fnmatch`` host patterns (or one comma-separated string)."""
+    if value in (None, "", []):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ModelArtsConfigError(
+            "extra 'log_link_hosts' must be a list of host patterns such as ['*.obs.cn-north-4.myhuaweicloud.com']"
+        )
+    return tuple(i.strip().lower() for i in items)
+
+
 def _parse_requests_per_second(value: Any) -> float | None:
     if value is None or value == "":
         return None
@@ -291,6 +304,7 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param log_link_hosts: ``fnmatch`` patterns of the hosts log links may point to (empty: any host).
     :param requests_per_second: pace ModelArts API calls of this process to this rate (shared by every hook
         with the same endpoint and credential); None for no pacing.
     :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
@@ -310,6 +324,7 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    log_link_hosts: tuple[str, ...] = ()
     requests_per_second: float | None = None
     smn_endpoint: str | None = None
 
@@ -437,6 +452,7 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            log_link_hosts=_parse_link_hosts(extras.get("log_link_hosts")),
             requests_per_second=_parse_requests_per_second(extras.get("requests_per_second")),
             smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
@@ -1238,18 +1254,24 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         token: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
+        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`.
+
+        Redirects are never followed (a 3xx is an error answer, not retried).
+        """
         config = self.config
         request_timeout = self._request_timeout(config, timeout)
+        http = session or self.session
         limiter = self._rate_limiter(config, call)
 
         def attempt() -> requests.Response:
             if limiter is not None:
                 limiter.acquire()
             url, headers, body = self._authorize(config, call, token)
+            failure: ModelArtsTransportError | None = None
             try:
-                response = self.session.request(
+                response = http.request(
                     call.method,
                     url,
                     headers=headers,
@@ -1257,10 +1279,14 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                     stream=stream,
                     timeout=request_timeout,
                     verify=config.verify,
-                    allow_redirects=call.error_kind == "obs",
+                    allow_redirects=False,
                 )
             except requests.RequestException as err:
-                raise call.no_answer(err) from err
+                if call.error_kind != "obs":
+                    raise call.no_answer(err) from err
+                failure = call.no_answer(err)
+            if failure is not None:  # raised outside the handler: the cause holds the signed link
+                raise failure
             if limiter is not None:
                 limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
@@ -1452,16 +1478,29 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """Open a pre-signed log link as a byte stream (``stream=True``), from byte ``offset``.
 
         Transport errors, 5xx and 429 are retried. The caller closes the response. The answer is 200
-        (whole object, e.g. when the server ignores ``Range``) or 206.
+        (whole object, e.g. when the server ignores ``Range``) or 206. The link is read with
+        :attr:`link_session` (no API cookies or headers), redirects are not followed, ``user:pass@``
+        is refused and the host must match the connection's ``log_link_hosts`` (when set).
 
         :param url: the link from :meth:`get_task_log_url`.
         :param offset: first byte wanted; sends ``Range: bytes={offset}-`` when > 0.
         :param timeout: per-request timeout (connect and between bytes).
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         :raises ModelArtsApiError: any other error answer (``error_code`` from the XML ``<Code>``).
+        :raises ModelArtsValidationError: a link with credentials, or to a host not allowed.
         """
         call = _obs_call(url, offset)
-        return self._send(call, stream=True, timeout=timeout)
+        _check_link_host(url, self.config.log_link_hosts)
+        return self._send(call, stream=True, timeout=timeout, session=self.link_session)
+
+    @cached_property
+    def link_session(self) -> requests.Session:
+        """The session that reads log links: none of the API session's cookies or headers, and no
+        credentials or proxies from the environment (``.netrc`` would add Basic auth)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
+        return session
 
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
@@ -1491,7 +1530,11 @@ def _obs_call(url: str, offset: int) -> _Call:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
     url = valid
     mask_signed_url(url)
-    headers = {"User-Agent": USER_AGENT}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    # Identity: a compressed answer states the encoded size only (the archive copes, but prefers plain).
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
     # The link is sent exactly as ModelArts returned it: its signature covers the encoded query.
@@ -1503,6 +1546,15 @@ def _obs_call(url: str, offset: int) -> _Call:
         authenticated=False,
         error_kind="obs",
     )
+
+
+def _check_link_host(url: str, patterns: tuple[str, ...]) -> None:
+    """Refuse a link whose host matches none of the connection's ``log_link_hosts`` patterns."""
+    host = (urlsplit(url).hostname or "").lower()
+    if patterns and not any(fnmatch.fnmatchcase(host, p) for p in patterns):
+        raise ModelArtsValidationError(
+            f"the log link points to host {host!r}, which matches none of log_link_hosts {list(patterns)}"
+        )
 
 
 def _task_list(call: _Call, payload: Any, status: int) -> list[dict]:

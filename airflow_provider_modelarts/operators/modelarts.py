@@ -24,6 +24,8 @@ from airflow_provider_modelarts.transfer import (
     COMPRESSIONS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_WAIT,
+    DEFAULT_STALL_MIN_RATE,
+    DEFAULT_STALL_WINDOW,
     ArchiveLayout,
     TrainingJobLogArchiver,
     job_tasks,
@@ -130,10 +132,13 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     :param path_template: object path of a task log relative to ``destination``; fields
         ``{training_job_id}``, ``{task_id}``, ``{job_name}``. (templated)
     :param manifest_template: object path of the manifest relative to ``destination``. (templated)
-    :param max_attempts: interruptions (expired link, dropped connection, short read) tolerated per log.
-    :param retry_wait: seconds to wait after a ModelArts or OBS error that outlasted the hook's own
-        retries (5xx, 429, no answer) before asking again; doubles while such errors last, up to a minute.
+    :param max_attempts: interruptions (expired link, dropped connection, short body, stall, restart)
+        tolerated per log.
+    :param retry_wait: no longer used (transport retries are the hook's alone); kept for compatibility.
     :param chunk_size: bytes read at a time.
+    :param stall_window: seconds over which a log link's rate is measured.
+    :param stall_min_rate: bytes per second below which a window is a stall (fresh link, resume);
+        ``0`` disables the check.
     """
 
     template_fields: Sequence[str] = (
@@ -170,6 +175,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_wait: float = DEFAULT_RETRY_WAIT,
         chunk_size: int = CHUNK_SIZE,
+        stall_window: float = DEFAULT_STALL_WINDOW,
+        stall_min_rate: float = DEFAULT_STALL_MIN_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -190,6 +197,9 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         self.max_attempts = max_attempts
         self.retry_wait = retry_wait
         self.chunk_size = chunk_size
+        self.stall_window = stall_window
+        self.stall_min_rate = stall_min_rate
+        self._archiver: TrainingJobLogArchiver | None = None
 
     @cached_property
     def hook(self) -> ModelArtsHook:
@@ -228,6 +238,17 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsValidationError(
                 f"retry_wait must be a number of seconds from 0 to 3600, got {self.retry_wait!r}"
             )
+        for name, zero_ok in (("stall_window", False), ("stall_min_rate", True)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+                or (value == 0 and not zero_ok)
+            ):
+                raise ModelArtsValidationError(
+                    f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}"
+                )
         task_ids: list[str] | None
         if self.task_ids is None:
             task_ids = None
@@ -367,11 +388,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             max_workers=self.max_workers,
             chunk_size=self.chunk_size,
             max_attempts=self.max_attempts,
-            retry_wait=self.retry_wait,
+            stall_window=self.stall_window,
+            stall_min_rate=self.stall_min_rate,
         )
-        result = archiver.archive(job, task_ids).to_xcom()
+        self._archiver = archiver
+        result = archiver.archive(job, task_ids, training_job_id=self.training_job_id).to_xcom()
         self._emit_asset_events(context, result)
         return result
+
+    def on_kill(self) -> None:
+        """Stop the archive: running copies stop at their next read, queued ones never start."""
+        if self._archiver is not None:
+            self._archiver.stop()
 
     def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
         outlets = getattr(self, "outlets", None) or []

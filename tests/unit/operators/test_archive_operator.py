@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from unittest import mock
 
 import pytest
@@ -233,6 +234,10 @@ def test_unambiguous_local_destinations_mean_the_absolute_path(obs, tmp_path, de
         {"max_attempts": -1},
         {"chunk_size": 0},
         {"chunk_size": True},
+        {"stall_window": 0},
+        {"stall_window": "60"},
+        {"stall_min_rate": -1},
+        {"stall_min_rate": True},
     ],
 )
 def test_bad_arguments_are_rejected(obs, tmp_path, kwargs):
@@ -287,16 +292,16 @@ def test_each_worker_thread_gets_its_own_hook(obs, tmp_path):
     assert 1 <= len(made) <= 2
 
 
-def test_retry_wait_sets_the_backoff_after_link_errors(tmp_path, monkeypatch):
-    from airflow_provider_modelarts import transfer
+def test_link_errors_after_the_hooks_retries_fail_the_task_without_a_second_retry_loop(tmp_path, monkeypatch):
+    from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
     from tests.unit.test_transfer import FlakyLinkSource, _api_503
 
     sleeps: list[float] = []
-    monkeypatch.setattr(transfer.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     with FakeObs({"worker-0": LOGS["worker-0"]}, script=[("drop", 100_000)]) as fake_obs:
         op, _ = make_op(fake_obs, ["Completed"], tmp_path, task_ids=["worker-0"], retry_wait=2.5)
         source = FlakyLinkSource(fake_obs, [_api_503(), _api_503()])
         op.new_hook = lambda: source  # type: ignore[method-assign]
-        result = op.execute(context())
-    assert result["tasks"][0]["sha256"] == hashlib.sha256(LOGS["worker-0"]).hexdigest()
-    assert sleeps == [2.5, 5.0]
+        with pytest.raises(ModelArtsLogTransferError, match="503"):
+            op.execute(context())
+    assert source.calls == 2 and sleeps == []

@@ -113,6 +113,11 @@ def get_provider_info() -> dict:
                         "description": "Overrides the IAM endpoint used for token auth.",
                         "schema": {"type": ["string", "null"]},
                     },
+                    "obs_endpoint": {
+                        "label": "OBS endpoint",
+                        "description": "For obs:// destinations; overrides https://obs.{region}.myhuaweicloud.com.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "smn_endpoint": {
                         "label": "SMN endpoint",
                         "description": "Overrides https://smn.{region}.myhuaweicloud.com for SmnNotifier alerts.",

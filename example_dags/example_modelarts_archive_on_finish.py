@@ -15,6 +15,7 @@ contains it).
 
 from __future__ import annotations
 
+# [START howto_trigger_modelarts_training_job_event]
 import os
 import tempfile
 from datetime import datetime
@@ -33,7 +34,6 @@ COMPRESSION = os.environ.get("MODELARTS_ARCHIVE_COMPRESSION") or None
 POLL_INTERVAL = float(os.environ.get("MODELARTS_EVENT_POLL_INTERVAL", "60"))
 NAME_FILTER = os.environ.get("MODELARTS_EVENT_NAME_FILTER") or None
 
-# [START howto_trigger_modelarts_training_job_event]
 training_jobs = Asset(
     "modelarts://training-jobs",
     watchers=[

@@ -45,7 +45,10 @@ def get_provider_info() -> dict:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_modelarts.triggers.modelarts"],
+                "python-modules": [
+                    "airflow_provider_modelarts.triggers.modelarts",
+                    "airflow_provider_modelarts.triggers.events",
+                ],
             }
         ],
         "filesystems": ["airflow_provider_modelarts.fs.obs"],
@@ -108,6 +111,11 @@ def get_provider_info() -> dict:
                     "iam_endpoint": {
                         "label": "IAM endpoint",
                         "description": "Overrides the IAM endpoint used for token auth.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "obs_endpoint": {
+                        "label": "OBS endpoint",
+                        "description": "For obs:// destinations; overrides https://obs.{region}.myhuaweicloud.com.",
                         "schema": {"type": ["string", "null"]},
                     },
                     "smn_endpoint": {

@@ -17,6 +17,7 @@ and the extra ``smn_endpoint`` if set).
 
 from __future__ import annotations
 
+# [START howto_notifier_modelarts_task_logs]
 import os
 from datetime import datetime
 
@@ -32,7 +33,6 @@ ALERT_EMAIL = os.environ.get("MODELARTS_ALERT_EMAIL")
 SMN_TOPIC_URN = os.environ.get("MODELARTS_ALERT_SMN_TOPIC_URN", "")
 POLL_INTERVAL = float(os.environ.get("MODELARTS_POLL_INTERVAL", "30"))
 
-# [START howto_notifier_modelarts_task_logs]
 ALERT_SUBJECT = (
     "[Airflow] {{ dag.dag_id }}: training job {{ modelarts.training_job_id }} is {{ modelarts.phase }}"
 )

@@ -20,6 +20,7 @@ default ``default_pool``).
 
 from __future__ import annotations
 
+# [START howto_scheduled_archival_setup]
 import os
 import tempfile
 from datetime import datetime, timedelta
@@ -50,6 +51,9 @@ def finished_at_ms(job: dict[str, Any]) -> int:
         return int(records[-1]["end_at"]) * 1000
     start = int(status.get("start_time") or 0) or int((job.get("metadata") or {}).get("create_time") or 0)
     return start + int(status.get("duration") or 0)
+
+
+# [END howto_scheduled_archival_setup]
 
 
 with DAG(

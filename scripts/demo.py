@@ -288,20 +288,44 @@ _EXCEPTION = re.compile(
 )
 
 
+MAX_SHOWN = 300
+"""Longest message shown on the console; longer ones end at a space with an ellipsis (the log keeps all)."""
+_RATE = re.compile(r"archived (?P<size>\d+ B|[\d.]+ KiB) to .* in [\d.]+s(?P<rate> \([\d.]+ MB/s\))")
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` if it fits, else cut at the last space before ``limit`` and marked with an ellipsis.
+
+    Never cuts inside a word, a path or a hash; a single word longer than ``limit`` is kept whole.
+    """
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text if cut <= 0 else f"{text[:cut]} …"
+
+
+def readable(msg: str) -> str:
+    """A provider log message for the console: no throughput figure for logs under 1 MiB (the time of such
+    a copy is the time of its requests, so MB/s says nothing), and long messages shortened at a space."""
+    if match := _RATE.search(msg):
+        msg = msg[: match.start("rate")] + msg[match.end("rate") :]
+    return shorten(msg)
+
+
 def summarise(line: str) -> str | None:
     """The console version of one line of ``airflow dags test`` output, or None to keep it in the log only."""
     match = _LOG_LINE.match(line.rstrip())
     if not match:
         # The last line of a traceback names the exception and its message.
         error = _EXCEPTION.match(line.rstrip())
-        return f"  {error['name'].rsplit('.', 1)[-1]}: {error['msg'][:200]}" if error else None
+        return f"  {error['name'].rsplit('.', 1)[-1]}: {shorten(error['msg'])}" if error else None
     msg, logger, rest = match["msg"], match["logger"], match["rest"]
     if task := _TASK.search(msg):
         return f"task {task[1]}{f'[{task[2]}]' if task[2] != '-1' else ''} started"
     if msg.startswith("Task instance state updated") and (state := _STATE.search(rest)):
         return f"  -> {state[1]}" if state[1] in ("success", "failed", "deferred", "skipped") else None
     if "modelarts" in logger.lower():
-        return f"  {msg[:150]}"
+        return f"  {readable(msg)}"
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_line(connection_json: str, conn_id: str = "modelarts_default") -> str:
+    """A shell line that makes the connection visible to every ``airflow`` command run after it.
+
+    :param connection_json: the connection as JSON (``ModelArtsEmulator.connection_json()``).
+    :param conn_id: the connection id.
+    """
+    return f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(connection_json)}"
+
+
 def _rate_limit(value: str) -> str:
     try:
         parse_rate_limit(value)
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         f"iam user={emulator.iam_user} password={emulator.iam_password} domain={emulator.domain}", flush=True
     )
     print(f"jobs: {', '.join(emulator.job_ids())}", flush=True)
-    print(f"AIRFLOW_CONN_MODELARTS_DEFAULT='{emulator.connection_json()}'", flush=True)
+    print(export_line(emulator.connection_json()), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -69,6 +69,7 @@ class EmulatedJob:
     node_count: int = 1
     growth_seconds: float = DEFAULT_GROWTH_SECONDS
     terminated_at: float | None = None
+    visible_from: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def entry_at(self, now: float) -> TimelineEntry:
@@ -271,6 +272,10 @@ def build_job(
         spec=copy.deepcopy(raw.get("spec") or {}),
         node_count=int(raw.get("node_count", len(tasks))),
         growth_seconds=float(raw.get("growth_seconds", DEFAULT_GROWTH_SECONDS)),
+        # A job created later in the scenario (created_at > 0) is not listed or found before then.
+        visible_from=base_time + max(float(raw.get("created_at", 0)), 0.0)
+        if "create_time" not in raw
+        else 0.0,
     )
 
 

@@ -62,6 +62,7 @@ from airflow_provider_modelarts.redaction import (
     scrub_exception_chain,
     signed_url_secrets,  # noqa: F401 - re-exported: it lived here before the redaction module
 )
+from airflow_provider_modelarts.transport_errors import describe_no_answer
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ DEFAULT_MAX_RETRIES = 5
 RETRY_AFTER_CAP = 60.0
 """Longest wait (seconds) a ``Retry-After`` header can impose on one retry."""
 DEFAULT_LOG_LINK_TTL = 300
+TEST_CONNECTION_TIMEOUT = 5.0
+"""Longest per-request timeout (seconds) of :meth:`ModelArtsHook.test_connection`, which never retries."""
 USER_AGENT = f"airflow-provider-modelarts/{__version__}"
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_TEXT_LIMIT = 500
@@ -339,6 +342,7 @@ class ModelArtsConnectionConfig:
             password=getattr(conn, "password", None),
             extra=getattr(conn, "extra", None),
             mask=mask,
+            host=getattr(conn, "host", None),
         )
 
     @classmethod
@@ -349,6 +353,7 @@ class ModelArtsConnectionConfig:
         password: str | None,
         extra: Any,
         mask: Callable[[str], None] | None = None,
+        host: str | None = None,
     ) -> ModelArtsConnectionConfig:
         """Parse the connection fields; raise :class:`ModelArtsConfigError` naming the first bad field.
 
@@ -356,6 +361,7 @@ class ModelArtsConnectionConfig:
         :param password: SK (aksk) or IAM password (token).
         :param extra: the extra, as a dict or a JSON object string.
         :param mask: registers a secret with the masker (default ``mask_secret``).
+        :param host: the connection's host field: never used (named in the error when no endpoint is set).
         """
         register = mask or mask_secret
         if isinstance(password, str) and password:
@@ -391,8 +397,11 @@ class ModelArtsConnectionConfig:
         elif region is not None:
             endpoint = region_endpoint(region)
         else:
+            ignored = (
+                f"; the host field ({host!r}) is not used, put the URL in extra 'endpoint'" if host else ""
+            )
             raise ModelArtsConfigError(
-                "extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required"
+                f"extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required{ignored}"
             )
         if region is None:
             match = _REGION_IN_HOST_RE.match(urlsplit(endpoint).hostname or "")
@@ -633,14 +642,14 @@ class _Call:
     body: bytes | None = None
     authenticated: bool = True
     training_job_id: str | None = None
-    error_kind: str = "api"  # "api" (ModelArts/IAM JSON errors) or "obs" (pre-signed URL, XML errors)
+    error_kind: str = "api"  # "api" (ModelArts JSON errors), "iam" (IAM JSON errors) or "obs" (XML errors)
 
     def no_answer(self, err: Exception) -> ModelArtsTransportError:
-        """The error for an attempt that got no HTTP answer (only the error type: its text may hold the URL)."""
+        """The error for an attempt that got no HTTP answer: where it went and why, never the query string."""
         if self.error_kind == "obs":
             scrub_exception_chain(err, redact_signed_url_secrets)
         return ModelArtsTransportError(
-            f"{self.method} {self.path} got no answer: {type(err).__name__}",
+            f"{self.method} {self.path} got no answer from {describe_no_answer(err, url=self.url)}",
             method=self.method,
             path=self.path,
         )
@@ -736,7 +745,8 @@ def build_api_error(
     :param method: request method, for the message.
     :param path: request path without query, for the message.
     :param training_job_id: the job the request was about, named in not-found errors.
-    :param error_kind: ``api`` for ModelArts/IAM JSON errors, ``obs`` for pre-signed link XML errors.
+    :param error_kind: ``api`` for ModelArts JSON errors, ``iam`` for IAM token errors, ``obs`` for
+        pre-signed link XML errors.
     """
     text = body.decode("utf-8", errors="replace")
     error_code: str | None = None
@@ -767,6 +777,7 @@ def build_api_error(
         path=path,
     )
     detail = f": {error_msg}" if error_msg else ""
+    service = "IAM" if error_kind == "iam" else "ModelArts"
     if error_kind == "obs":
         if status == 403 and (
             error_code == "RequestTimeTooSkewed" or (error_msg or "").strip() == "Request has expired."
@@ -779,11 +790,11 @@ def build_api_error(
         what = (
             f"Training job {training_job_id!r} was not found" if training_job_id else f"{path} was not found"
         )
-        exc = ModelArtsNotFoundError(f"{what} (ModelArts {method} {path}){detail}", **kwargs)
+        exc = ModelArtsNotFoundError(f"{what} ({service} {method} {path}){detail}", **kwargs)
     elif status in (401, 403):
-        exc = ModelArtsAuthError(f"ModelArts refused the credentials for {method} {path}{detail}", **kwargs)
+        exc = ModelArtsAuthError(f"{service} refused the credentials for {method} {path}{detail}", **kwargs)
     else:
-        exc = ModelArtsApiError(f"ModelArts {method} {path} failed with HTTP {status}{detail}", **kwargs)
+        exc = ModelArtsApiError(f"{service} {method} {path} failed with HTTP {status}{detail}", **kwargs)
     if status == 429 or status >= 500:
         exc.retry_after = parse_retry_after(_header(headers, "Retry-After"))  # type: ignore[attr-defined]
     return exc
@@ -927,6 +938,7 @@ class _ModelArtsBase:
             headers={**request.headers, "User-Agent": USER_AGENT},
             body=request.body,
             authenticated=False,
+            error_kind="iam",
         )
 
     @staticmethod
@@ -1116,7 +1128,7 @@ class _ModelArtsBase:
     def _console_url(config: ModelArtsConnectionConfig, training_job_id: str) -> str:
         job = _quote_segment(validate_resource_id(training_job_id))
         if config.region is None:
-            return f"{config.endpoint}/console/#/trainingJobs/{job}"
+            return ""  # an endpoint-only connection (e.g. the emulator): no console to link to
         host = (
             "console-intl.huaweicloud.com"
             if config.region.startswith(_INTL_REGION_PREFIXES)
@@ -1141,6 +1153,34 @@ def _read_connection(get_connection: Callable[[str], Any], conn_id: str) -> Any:
             f"Connection {conn_id!r} could not be read: no secrets backend returned it. Check that it "
             "exists and that its extra is valid JSON (the backend's reason is logged above)."
         ) from e
+
+
+def parse_connection(
+    conn: Any, conn_id: str, *, mask: Callable[[str], None] | None = None
+) -> ModelArtsConnectionConfig:
+    """:meth:`ModelArtsConnectionConfig.from_connection`, with the connection id in every error.
+
+    The connection's ``host`` field is not used (the endpoint is the extra ``endpoint`` or comes from
+    ``region``); a warning says so when it is set.
+
+    :param conn: the connection.
+    :param conn_id: its id, for messages.
+    :param mask: registers a secret with the masker (default ``mask_secret``).
+    """
+    try:
+        config = ModelArtsConnectionConfig.from_connection(conn, mask=mask)
+    except ModelArtsConfigError as err:
+        raise ModelArtsConfigError(f"Connection {conn_id!r}: {err}") from None
+    host = getattr(conn, "host", None)
+    if host:
+        log.warning(
+            "Connection %r: the host field (%r) is ignored; ModelArts is reached at %s (extra 'endpoint' "
+            "or the endpoint of 'region')",
+            conn_id,
+            host,
+            config.endpoint,
+        )
+    return config
 
 
 class ModelArtsHook(BaseHook, _ModelArtsBase):
@@ -1193,7 +1233,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
     def config(self) -> ModelArtsConnectionConfig:
         """The parsed and validated connection."""
         conn = _read_connection(self.get_connection, self.modelarts_conn_id)
-        config = ModelArtsConnectionConfig.from_connection(conn)
+        config = parse_connection(conn, self.modelarts_conn_id)
         if config.verify is False:
             _warn_verify_disabled()
         return config
@@ -1409,14 +1449,25 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         return payload, response.headers.get("X-Request-Id")
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check the connection with a cheap call (a one-job search); never raises."""
+        """Check the connection with a cheap call (a one-job search); never raises.
+
+        One attempt (no retries) with a timeout of at most :data:`TEST_CONNECTION_TIMEOUT` seconds, so
+        Airflow's connection test answers quickly; the message says where the request went and why it
+        failed.
+        """
         try:
             config = self.config
-            call = self._api_call(
-                config, "list_training_jobs", json_body=self._search_body(0, 1, None, None, None)
+            probe = ModelArtsHook(
+                self.modelarts_conn_id,
+                max_retries=0,
+                timeout=min(self._request_timeout(config), TEST_CONNECTION_TIMEOUT),
             )
-            payload, response = self._api_json(call)
-            self._expect_dict(call, payload, response.status_code)
+            probe.__dict__["config"] = config  # the connection as already read, not a second lookup
+            call = probe._api_call(
+                config, "list_training_jobs", json_body=probe._search_body(0, 1, None, None, None)
+            )
+            payload, response = probe._api_json(call)
+            probe._expect_dict(call, payload, response.status_code)
         except Exception as err:
             return False, f"{type(err).__name__}: {err}"
         return True, f"Connected to ModelArts at {config.endpoint} (project {config.project_id})."
@@ -1453,6 +1504,9 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
 
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
+
+        ``""`` when the connection has no region (only an ``endpoint``): there is no console to link to,
+        and the extra link then shows nothing.
 
         :param training_job_id: the job id.
         """
@@ -1584,7 +1638,7 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             conn = await asyncio.to_thread(_read_connection, self.get_connection, self.modelarts_conn_id)
         secrets: list[str] = []
         try:
-            config = ModelArtsConnectionConfig.from_connection(conn, mask=secrets.append)
+            config = parse_connection(conn, self.modelarts_conn_id, mask=secrets.append)
         finally:
             for secret in secrets:
                 await _amask(secret)
@@ -1702,6 +1756,43 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         call = self._api_call(await self.get_config(), "get_training_job", training_job_id=training_job_id)
         payload, response = await self._api_json(call)
         return self._expect_dict(call, payload, response.status_code)
+
+    async def search_training_jobs(
+        self,
+        *,
+        filters: list[dict[str, Any]] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        sort_by: str = "create_time",
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        """One page of ``POST /v2/{project_id}/training-job-searches``; ``items`` is checked to be a list.
+
+        :param filters: ``[{key, operator, value: [str]}]`` as documented for the search API.
+        :param offset: the page index (not a row offset), 0 or more.
+        :param limit: jobs per page, 1-50.
+        :param sort_by: the sort field, e.g. ``create_time``.
+        :param order: ``asc`` or ``desc``.
+        """
+        self._validate_list_args(limit)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ModelArtsValidationError(f"offset must be an integer >= 0, got {offset!r}")
+        if order not in ("asc", "desc"):
+            raise ModelArtsValidationError(f"order must be 'asc' or 'desc', got {order!r:.40}")
+        body: dict[str, Any] = {"offset": offset, "limit": limit, "sort_by": sort_by, "order": order}
+        if filters:
+            body["filters"] = filters
+        call = self._api_call(await self.get_config(), "list_training_jobs", json_body=body)
+        payload, response = await self._api_json(call)
+        page = self._expect_dict(call, payload, response.status_code)
+        if not isinstance(page.get("items") or [], list):
+            raise ModelArtsResponseError(
+                "ModelArts job search answered with 'items' that is not a list",
+                status_code=response.status_code,
+                method=call.method,
+                path=call.path,
+            )
+        return page
 
     async def get_task_log_url(self, training_job_id: str, task_id: str, download: bool = False) -> str:
         """A temporary OBS link to a task's log; its signature is masked.

@@ -35,6 +35,63 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
 
+_EXAMPLES = "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
+
+
+def check_destination_uri(dest: str) -> str:
+    """The archive root as an unambiguous URI, or :class:`ModelArtsValidationError` saying how to fix it.
+
+    An absolute local path becomes ``file://`` + path and ``file://localhost/x`` becomes ``file:///x``.
+    Rejected: relative paths, ``~`` (never expanded), ``file://host/...`` with another host (two slashes
+    make the first path segment the host: ``file://tmp/x`` is not ``/tmp/x``), URIs without a bucket,
+    queries or fragments, and ``.`` or ``..`` segments.
+
+    :param dest: the destination as given (a URI or an absolute path).
+    """
+    parts = urlsplit(dest)
+    local = parts.path if parts.scheme.lower() in ("", "file") else ""
+    if dest.startswith("~") or parts.netloc.startswith("~") or local.startswith("/~"):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} uses '~', which is not expanded (and the worker's home directory may "
+            f"differ from yours); use an absolute path such as {os.path.expanduser('~/archive')!r} or a URI "
+            f"such as {_EXAMPLES}"
+        )
+    scheme = parts.scheme.lower()
+    if not scheme:
+        if not dest.startswith("/"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} is a relative path (relative to the worker's current directory, "
+                f"which varies); use an absolute path or a URI such as {_EXAMPLES}"
+            )
+        parts, scheme = urlsplit(f"file://{dest}"), "file"
+    if parts.query or parts.fragment or dest.endswith(("?", "#")):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} has a query or fragment ('?' or '#'); use a plain URI such as {_EXAMPLES}"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} names {parts.netloc!r} as the host of a file:// URI, so it would "
+                f"not be the path /{parts.netloc}{parts.path}; a local path needs three slashes: "
+                f"file:///{parts.netloc}{parts.path}"
+            )
+        if not parts.path.startswith("/"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} is not an absolute file URI; use file:///absolute/path"
+            )
+    elif not parts.netloc:
+        raise ModelArtsValidationError(
+            f"destination {dest!r} names no bucket or host after '{scheme}://'; use {scheme}://bucket/prefix"
+        )
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} contains '.' or '..' segments; give the path they lead to"
+        )
+    if scheme == "file":
+        return f"file://{parts.path}"
+    return dest
+
+
 class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     """Archive every task log of a ModelArts training job to object storage, once the job has finished.
 
@@ -95,6 +152,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     )
     ui_color = "#c7000b"
     operator_extra_links = (ModelArtsTrainingJobConsoleLink(),)
+    modelarts_link_data: dict[str, Any] | None = None
+    """What the extra links show, once this run has read the job (see ``LINK_DATA_ATTRIBUTE``)."""
 
     def __init__(
         self,
@@ -209,20 +268,13 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def _resolve_destination(self) -> ObjectStoragePath:
         dest: Any = self.destination
         if isinstance(dest, ObjectStoragePath):
-            return dest
+            return dest  # already resolved by its constructor: used as it is
         if isinstance(dest, os.PathLike):
             dest = os.fspath(dest)
         if not isinstance(dest, str) or not dest.strip():
             raise ModelArtsValidationError(f"destination must be a URI or an ObjectStoragePath, got {dest!r}")
-        dest = dest.strip()
+        dest = check_destination_uri(dest.strip())
         scheme = urlsplit(dest).scheme.lower()
-        if not scheme:
-            if not dest.startswith("/"):
-                raise ModelArtsValidationError(
-                    f"destination {dest!r} is a relative path; use an absolute path or a URI such as "
-                    "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
-                )
-            dest, scheme = f"file://{dest}", "file"
         from airflow.sdk.io.fs import has_fs
 
         if not has_fs(scheme):
@@ -241,13 +293,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
-        persist_training_job_links(
-            context,
-            training_job_id=self.training_job_id,
-            console_url=self.hook.console_url(self.training_job_id),
-            modelarts_conn_id=self.modelarts_conn_id,
-            task_ids=job_tasks(job),
-        )
+        self._persist_links(context, job)
         phase = self._phase(job)
         if self.wait_for_completion and not phase.is_terminal:
             if self.deferrable:
@@ -266,7 +312,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             )
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
+        # A resumed task runs in a new process: store the links' data again for this one.
+        self._persist_links(context, job)
         return self._archive(context, job, destination, layout, task_ids)
+
+    def _persist_links(self, context: Context, job: dict[str, Any]) -> None:
+        persist_training_job_links(
+            context,
+            training_job_id=self.training_job_id,
+            console_url=self.hook.console_url(self.training_job_id),
+            modelarts_conn_id=self.modelarts_conn_id,
+            task_ids=job_tasks(job),
+        )
 
     def _phase(self, job: dict[str, Any]) -> TrainingJobPhase:
         return TrainingJobPhase.parse(

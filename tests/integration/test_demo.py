@@ -222,6 +222,46 @@ def test_alert_mail_shown_as_text_keeps_links_and_traceback():
     assert "in <module>" in text and "x < y" in text
 
 
+def test_console_lines_are_never_cut_inside_a_path_or_a_hash():
+    sha = "68e74359" * 8
+    path = "file:///" + "/".join(["deep-folder-name"] * 30) + "/demo-train-ok/manifest.json"
+    line = (
+        "2026-01-01T00:00:00Z [info     ] demo-train-ok/worker-0: archived 4.0 MiB to "
+        f"{path} in 0.1s (73.2 MB/s), sha256 {sha}, 1 connection(s), 0 restart(s) "
+        "[airflow_provider_modelarts.transfer] loc=x"
+    )
+    shown = demo.summarise(line)
+    assert shown is not None
+    assert len(shown) <= demo.MAX_SHOWN + 10
+    # Whatever is shown is whole words of the message, and a cut is marked.
+    words = shown.strip().removesuffix(" …").split(" ")
+    message = line.split("] ", 1)[1].split(" [airflow_provider", maxsplit=1)[0]
+    assert words == message.split(" ")[: len(words)]
+    assert shown.endswith(" …")
+    short = demo.summarise(line.replace(path, "file:///a/worker-0.log"))
+    assert short is not None and short.endswith("0 restart(s)") and sha in short
+
+
+@pytest.mark.parametrize(
+    ("size", "rate", "shown"),
+    [
+        ("4.0 MiB", "73.2", True),
+        ("1.1 GiB", "900.0", True),
+        ("12.5 KiB", "0.1", False),
+        ("37 B", "0.0", False),
+    ],
+)
+def test_throughput_shown_only_for_logs_of_a_mebibyte_or_more(size, rate, shown):
+    line = (
+        f"2026-01-01T00:00:00Z [info     ] job/worker-0: archived {size} to file:///a/w.log in 0.1s "
+        f"({rate} MB/s), sha256 ab, 1 connection(s), 0 restart(s) [airflow_provider_modelarts.transfer] loc=x"
+    )
+    out = demo.summarise(line)
+    assert out is not None
+    assert (f"({rate} MB/s)" in out) is shown
+    assert "MB/s" in out or "in 0.1s, sha256 ab" in out
+
+
 def test_smn_messages_are_shown_in_the_demo_style():
     import io
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import sys
 import threading
@@ -101,8 +102,8 @@ def test_cli_rate_limit_answers_apig_0308(monkeypatch):
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(5)]
-        conn = next(line for line in lines if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="))
-        monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn.split("=", 1)[1].strip().strip("'"))
+        conn = next(line for line in lines if line.startswith("export AIRFLOW_CONN_MODELARTS_DEFAULT="))
+        monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", shlex.split(conn)[1].split("=", 1)[1])
         hook = ModelArtsHook(max_retries=0)
         job_id = lines[3].split(": ", 1)[1].split(",")[0].strip()
         hook.get_training_job(job_id)

@@ -176,15 +176,49 @@ def test_unknown_task_id_lists_available_tasks(obs, tmp_path):
     [
         ("ftp2://host/x", "scheme 'ftp2' is not supported"),
         ("relative/dir", "relative path"),
+        ("./dir", "relative path"),
         ("", "destination must be"),
         (42, "destination must be"),
+        # two slashes: "tmp" is the URI's host, and ObjectStoragePath would write to ./archive/x
+        ("file://tmp/archive", r"names 'tmp' as the host.*file:///tmp/archive"),
+        ("file://archive-host/x", r"names 'archive-host' as the host.*three slashes"),
+        ("~/archive", r"uses '~', which is not expanded.*absolute path"),
+        ("file://~/archive", "uses '~'"),
+        ("file:///~/archive", "uses '~'"),
+        ("file:archive", "not an absolute file URI"),
+        ("s3:///prefix", r"no bucket.*s3://bucket/prefix"),
+        ("obs://bucket/prefix?versionId=1", "query or fragment"),
+        ("/data/archive#x", "query or fragment"),
+        ("file:///data/../archive", r"'\.\.' segments"),
     ],
 )
-def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, destination, match):
+def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, monkeypatch, destination, match):
+    monkeypatch.chdir(tmp_path)
     op, hook = make_op(obs, ["Completed"], tmp_path, destination=destination)
     with pytest.raises(ModelArtsValidationError, match=match):
         op.execute(context())
     assert hook.status_calls == 0
+    assert obs.links == 0
+    assert list(tmp_path.iterdir()) == [], "nothing may be written anywhere, the cwd included"
+
+
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        ("file://localhost{root}", "file://{root}"),
+        ("file:{root}", "file://{root}"),
+        ("{root}", "file://{root}"),
+        ("  file://{root}  ", "file://{root}"),
+    ],
+)
+def test_unambiguous_local_destinations_mean_the_absolute_path(obs, tmp_path, destination, expected):
+    root = f"{tmp_path}/archive"
+    op, _ = make_op(
+        obs, ["Completed"], tmp_path, destination=destination.format(root=root), task_ids=["worker-0"]
+    )
+    result = op.execute(context())
+    assert result["tasks"][0]["uri"] == expected.format(root=root) + "/job-1/worker-0.log"
+    assert (tmp_path / "archive" / "job-1" / "worker-0.log").stat().st_size == len(LOGS["worker-0"])
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,20 @@ def test_failed_multipart_log_leaves_no_object_and_no_open_upload(emu, aws_s3_co
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket).get("Contents", [])]
     assert "b/job-multi/worker-0.log" not in keys
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_multipart_log_to_obs_holds_the_exact_bytes(emu, moto_server, s3_bucket, client, monkeypatch):
+    # obs:// through the provider's OBS file system (s3fs subclass), pointed at moto.
+    conn = json.loads(emu.connection_json())
+    conn["extra"]["obs_endpoint"] = moto_server
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", json.dumps(conn))
+    result = run(training_job_id="job-multi", destination=f"obs://{s3_bucket}/c")
+    data = client.get_object(Bucket=s3_bucket, Key="c/job-multi/worker-0.log")["Body"].read()
+    assert (
+        hashlib.sha256(data).hexdigest()
+        == emu.log_sha256("job-multi", "worker-0")
+        == result["tasks"][0]["sha256"]
+    )
+    head = client.head_object(Bucket=s3_bucket, Key="c/job-multi/worker-0.log", PartNumber=1)
+    assert head["PartsCount"] == 4
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -24,6 +24,14 @@ from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTrainingJobConsoleLink,
     persist_training_job_links,
 )
+from airflow_provider_modelarts.log_stream import (
+    DEFAULT_STREAM_MAX_BYTES,
+    LogStreamer,
+    LogStreamState,
+    load_stream_state,
+    save_stream_state,
+    validate_stream_args,
+)
 from airflow_provider_modelarts.triggers.modelarts import (
     DEFAULT_FAILURE_PHASES,
     DEFAULT_SUCCESS_PHASES,
@@ -116,6 +124,11 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param enable_log_preview_link: add the extra link that mints a fresh log preview link. Off by
         default: that link opens the log without authentication to anyone who can see the DAG.
+    :param stream_logs: while the job runs, show each new line of the streamed workers' logs in this
+        task's log as ``[worker-0] <line>`` (about one poll interval behind). See docs/sensor.md.
+    :param stream_log_tasks: workers to stream; by default the first worker plus every worker that
+        exits with a non-zero code, which keeps a 64-worker job readable.
+    :param stream_max_bytes: most bytes shown per worker per poll; the rest is skipped with a marker line.
     """
 
     template_fields: Sequence[str] = (
@@ -139,9 +152,16 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         log_url_type: str = "preview",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         enable_log_preview_link: bool = False,
+        stream_logs: bool = True,
+        stream_log_tasks: list[str] | None = None,
+        stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.stream_logs = stream_logs
+        self.stream_log_tasks = stream_log_tasks
+        self.stream_max_bytes = stream_max_bytes
+        self._log_streamer: LogStreamer | None = None
         self.training_job_id = training_job_id
         self.modelarts_conn_id = modelarts_conn_id
         self.success_phases = success_phases
@@ -164,6 +184,38 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             raise ValueError(f"log_url_type must be one of {LOG_URL_TYPES}, not {self.log_url_type!r}")
         if isinstance(self.success_phases, str) or isinstance(self.failure_phases, str):
             raise TypeError("success_phases and failure_phases must be lists of phase names, not strings")
+        validate_stream_args(
+            stream_logs=self.stream_logs,
+            stream_log_tasks=self.stream_log_tasks,
+            stream_max_bytes=self.stream_max_bytes,
+        )
+
+    def _streamer(self, context: Context) -> LogStreamer:
+        """The log streamer of this run, resumed from ``task_state_store`` when Airflow has one."""
+        if self._log_streamer is None:
+            saved, has_store = load_stream_state(context, self.training_job_id)
+            ti = context.get("ti")
+            retried = getattr(ti, "try_number", 1) not in (None, 1)
+            self._log_streamer = LogStreamer(
+                hook=self.hook,
+                training_job_id=self.training_job_id,
+                state=saved,
+                stream_log_tasks=self.stream_log_tasks,
+                max_bytes=self.stream_max_bytes,
+                emit=self._emit_log_line,
+                start_at_tail=not has_store and (self.mode == "reschedule" or retried),
+            )
+        return self._log_streamer
+
+    def _emit_log_line(self, line: str) -> None:
+        self.log.info("%s", line)
+
+    def _stream(self, context: Context, job: dict[str, Any], *, final: bool) -> None:
+        if not self.stream_logs:
+            return
+        streamer = self._streamer(context)
+        streamer.poll(job, final=final)
+        save_stream_state(context, self.training_job_id, streamer.state)
 
     def _outcome(self, job: dict[str, Any]) -> JobOutcome:
         return evaluate_training_job(
@@ -187,8 +239,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         outcome = self._outcome(job)
         if outcome.is_done:
             self.log.info("%s; not deferring", outcome.message)
+            self._stream(context, job, final=True)
             return self._finish(context, job, outcome)
         self.log.info("%s; deferring", outcome.message)
+        saved = load_stream_state(context, self.training_job_id)[0] if self.stream_logs else None
         self.defer(
             trigger=ModelArtsTrainingJobTrigger(
                 training_job_id=self.training_job_id,
@@ -197,6 +251,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
                 end_time=time.time() + self.timeout,
                 success_phases=list(self.success_phases),
                 failure_phases=list(self.failure_phases),
+                stream_logs=self.stream_logs,
+                stream_log_tasks=self.stream_log_tasks,
+                stream_max_bytes=self.stream_max_bytes,
+                log_stream_state=saved,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) + timedelta(minutes=5),
@@ -206,6 +264,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         job = self.hook.get_training_job(self.training_job_id)
         outcome = self._outcome(job)
         self.log.info("%s", outcome.message)
+        self._stream(context, job, final=outcome.is_done)
         if not outcome.is_done:
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._finish(context, job, outcome))
@@ -219,6 +278,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         message = event.get("message") or f"trigger ended with status {status!r}"
         if status == "timeout":
             raise AirflowFailException(message)
+        if self.stream_logs and isinstance(event.get("log_stream_state"), dict):
+            save_stream_state(
+                context, self.training_job_id, LogStreamState.from_dict(event["log_stream_state"])
+            )
         if status not in ("success", "failed"):
             raise AirflowException(message)
         job = self.hook.get_training_job(self.training_job_id)

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "STATE_STORE_KEY",
     "AsyncLogStreamer",
+    "ContextLogStream",
     "LogStreamState",
     "LogStreamer",
     "WorkerCursor",
@@ -547,3 +548,59 @@ class AsyncLogStreamer(_StreamerBase):
             max_bytes=self.max_bytes,
             where=self._where(worker),
         )
+
+
+class ContextLogStream:
+    """The streaming of one task run: a :class:`LogStreamer` resumed from and saved to the task's store.
+
+    Used by the sensor (poke and reschedule) and the archive operator while it waits. On Airflow 3.3+
+    the position is saved in ``context["task_state_store"]`` after every poll, so reschedule pokes
+    and retries continue where the last poll stopped. Without a store, a reschedule poke or a retry
+    starts at the last ``max_bytes`` of each log with a marker line (a bounded, visible repeat).
+
+    :param hook: the sync hook.
+    :param training_job_id: the job.
+    :param stream_log_tasks: workers to stream, or None for the default choice.
+    :param max_bytes: most bytes per worker per poll.
+    :param emit: called with each line (the task logger's ``info``, so the secret masker applies).
+    :param fresh_process_per_poll: each poll runs in a new process (reschedule mode).
+    """
+
+    def __init__(
+        self,
+        *,
+        hook: ModelArtsHook,
+        training_job_id: str,
+        stream_log_tasks: Sequence[str] | None,
+        max_bytes: int,
+        emit: Callable[[str], None],
+        fresh_process_per_poll: bool = False,
+    ) -> None:
+        self.hook = hook
+        self.training_job_id = training_job_id
+        self.stream_log_tasks = stream_log_tasks
+        self.max_bytes = max_bytes
+        self.emit = emit
+        self.fresh_process_per_poll = fresh_process_per_poll
+        self.streamer: LogStreamer | None = None
+
+    def _start(self, context: Any) -> LogStreamer:
+        saved, has_store = load_stream_state(context, self.training_job_id)
+        ti = context.get("ti") if hasattr(context, "get") else None
+        retried = getattr(ti, "try_number", 1) not in (None, 1)
+        return LogStreamer(
+            hook=self.hook,
+            training_job_id=self.training_job_id,
+            state=saved,
+            stream_log_tasks=self.stream_log_tasks,
+            max_bytes=self.max_bytes,
+            emit=self.emit,
+            start_at_tail=not has_store and (self.fresh_process_per_poll or retried),
+        )
+
+    def poll(self, context: Any, job: dict[str, Any], *, final: bool = False) -> None:
+        """Show what the streamed workers wrote since the last poll, then save the position."""
+        if self.streamer is None:
+            self.streamer = self._start(context)
+        self.streamer.poll(job, final=final)
+        save_stream_state(context, self.training_job_id, self.streamer.state)

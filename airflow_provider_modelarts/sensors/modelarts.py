@@ -26,7 +26,7 @@ from airflow_provider_modelarts.links.modelarts import (
 )
 from airflow_provider_modelarts.log_stream import (
     DEFAULT_STREAM_MAX_BYTES,
-    LogStreamer,
+    ContextLogStream,
     LogStreamState,
     load_stream_state,
     save_stream_state,
@@ -161,7 +161,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         self.stream_logs = stream_logs
         self.stream_log_tasks = stream_log_tasks
         self.stream_max_bytes = stream_max_bytes
-        self._log_streamer: LogStreamer | None = None
+        self._log_stream: ContextLogStream | None = None
         self.training_job_id = training_job_id
         self.modelarts_conn_id = modelarts_conn_id
         self.success_phases = success_phases
@@ -190,32 +190,22 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             stream_max_bytes=self.stream_max_bytes,
         )
 
-    def _streamer(self, context: Context) -> LogStreamer:
-        """The log streamer of this run, resumed from ``task_state_store`` when Airflow has one."""
-        if self._log_streamer is None:
-            saved, has_store = load_stream_state(context, self.training_job_id)
-            ti = context.get("ti")
-            retried = getattr(ti, "try_number", 1) not in (None, 1)
-            self._log_streamer = LogStreamer(
-                hook=self.hook,
-                training_job_id=self.training_job_id,
-                state=saved,
-                stream_log_tasks=self.stream_log_tasks,
-                max_bytes=self.stream_max_bytes,
-                emit=self._emit_log_line,
-                start_at_tail=not has_store and (self.mode == "reschedule" or retried),
-            )
-        return self._log_streamer
-
     def _emit_log_line(self, line: str) -> None:
         self.log.info("%s", line)
 
     def _stream(self, context: Context, job: dict[str, Any], *, final: bool) -> None:
         if not self.stream_logs:
             return
-        streamer = self._streamer(context)
-        streamer.poll(job, final=final)
-        save_stream_state(context, self.training_job_id, streamer.state)
+        if self._log_stream is None:
+            self._log_stream = ContextLogStream(
+                hook=self.hook,
+                training_job_id=self.training_job_id,
+                stream_log_tasks=self.stream_log_tasks,
+                max_bytes=self.stream_max_bytes,
+                emit=self._emit_log_line,
+                fresh_process_per_poll=self.mode == "reschedule",
+            )
+        self._log_stream.poll(context, job, final=final)
 
     def _outcome(self, job: dict[str, Any]) -> JobOutcome:
         return evaluate_training_job(

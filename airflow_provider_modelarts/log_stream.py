@@ -16,7 +16,6 @@ import base64
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelarts.exceptions import (
@@ -25,7 +24,6 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsLogLinkExpiredError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import log_url_expires_at
 
 if TYPE_CHECKING:
     from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
@@ -365,8 +363,10 @@ class _StreamerBase:
             return None
         return link.url
 
-    def _remember_link(self, worker: str, url: str, expires_at: datetime) -> None:
-        self.links[worker] = _Link(url, expires_at.timestamp())
+    def _remember_link(self, worker: str, url: str) -> None:
+        from airflow_provider_modelarts.hooks.modelarts import log_url_expires_at
+
+        self.links[worker] = _Link(url, log_url_expires_at(url).timestamp())
 
     def _note_error(self, worker: str, err: Exception) -> None:
         # Shown once per kind of error and worker, so a flaky worker does not flood the task log.
@@ -453,7 +453,7 @@ class LogStreamer(_StreamerBase):
                     raise
                 self._switch_to_preview(worker, err)
                 return self._read_preview(worker)
-            self._remember_link(worker, url, log_url_expires_at(url))
+            self._remember_link(worker, url)
         if self._needs_tail_start(worker):
             self._start_at_tail(worker, self.hook.read_log_range(url, start=0, length=1)["total"])
         cursor = self.state.cursor(worker)
@@ -518,7 +518,7 @@ class AsyncLogStreamer(_StreamerBase):
                     raise
                 self._switch_to_preview(worker, err)
                 return await self._read_preview(worker)
-            self._remember_link(worker, url, log_url_expires_at(url))
+            self._remember_link(worker, url)
         if self._needs_tail_start(worker):
             probe = await self.hook.read_log_range(url, start=0, length=1)
             self._start_at_tail(worker, probe["total"])

@@ -54,7 +54,7 @@ def streamed(output: str) -> dict[str, list[tuple[str, int]]]:
     return found
 
 
-def run_stream_dag(home: Path, emu, mode: str, job_id: str) -> str:
+def run_stream_dag(home: Path, emu, mode: str, job_id: str, *, succeed: bool = True) -> str:
     env = airflow_env(
         home,
         {
@@ -68,7 +68,8 @@ def run_stream_dag(home: Path, emu, mode: str, job_id: str) -> str:
     )
     result = dags_test(env, "log_stream_test", check=False)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    if succeed:
+        assert result.returncode == 0, output[-6000:]
     return output
 
 
@@ -100,6 +101,28 @@ def test_preview_fallback_when_log_links_are_refused(migrated_home, emulator_fac
     for worker in ("worker-0", "worker-1"):
         assert [n for _, n in lines[worker]] == list(range(1, LINES + 1))
     assert emu.counters["obs_get"] == 0 and emu.counters["preview"] > 0
+
+
+def test_failure_digest_in_the_task_log(migrated_home, emulator_factory):
+    emu = emulator_factory({"jobs": []})
+    job = stream_job("job-stream-failed", running_at=8.0, final="Failed")
+    job["end_reason"] = "worker-1 process exited with code 1"
+    job["events"] = [{"at": 9, "level": "Warning", "source": "K8S", "message": "GPU 3 ECC errors"}]
+    job["tasks"][1]["message"] = "CUDA error: an illegal memory access"
+    emu.add_job(job)
+    output = run_stream_dag(migrated_home, emu, "deferrable", "job-stream-failed", succeed=False)
+    assert "=== ModelArts training job job-stream-failed failed: phase Failed ===" in output
+    block = output[output.index("=== ModelArts training job job-stream-failed failed") :]
+    block = block[: block.index("=== end of failure digest ===")]
+    assert "End reason: worker-1 process exited with code 1" in block
+    assert "Worker worker-1: exit code 1, CUDA error: an illegal memory access" in block
+    assert "Error [Task] Task worker-1 exited with code 1: CUDA error: an illegal memory access" in block
+    assert "Warning [K8S] GPU 3 ECC errors" in block
+    assert "Last 20 log lines of worker-1:" in block
+    assert "  w1 line 00075" in block and "  w1 line 00056" in block and "w1 line 00055" not in block
+    assert "Not available" not in block
+    # Streamed in full before the digest.
+    assert [n for _, n in streamed(output)["worker-1"]] == list(range(1, LINES + 1))
 
 
 class _Capture:

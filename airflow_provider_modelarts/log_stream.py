@@ -512,7 +512,10 @@ class AsyncLogStreamer(_StreamerBase):
         url = self._link_valid(worker)
         if url is None:
             try:
-                url = await self.hook.get_task_log_url(self.training_job_id, worker)
+                # The link stays in this object and is never logged (errors name only its path), so
+                # it is not added to the secret masker, which would grow for as long as the
+                # triggerer runs and slow every later log line.
+                url = await self.hook.get_task_log_url(self.training_job_id, worker, mask=False)
             except ModelArtsApiError as err:
                 if not self._is_refused_link(err):
                     raise

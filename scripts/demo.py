@@ -284,6 +284,10 @@ _EXCEPTION = re.compile(
 )
 
 
+_STREAMED = re.compile(r"^\s*\[worker-\d+\] ")
+STREAMED_SHOWN = 4
+
+
 def summarise(line: str) -> str | None:
     """The console version of one line of ``airflow dags test`` output, or None to keep it in the log only."""
     match = _LOG_LINE.match(line.rstrip())
@@ -328,6 +332,7 @@ def run_dag(
 
         threading.Thread(target=pump, name=f"{plan.dag_id}-stdout", daemon=True).start()
         started = last_output = time.monotonic()
+        streamed = 0
         while True:
             try:
                 line = lines.get(timeout=1)
@@ -338,6 +343,13 @@ def run_dag(
             if line:
                 log.write(line)
                 if shown := summarise(line):
+                    if _STREAMED.match(shown):
+                        # Live log lines streamed by the sensor: show a few, the rest stay in the log.
+                        streamed += 1
+                        if streamed > STREAMED_SHOWN:
+                            if streamed == STREAMED_SHOWN + 1:
+                                progress.line(f"    ... more streamed log lines in {log_path}")
+                            continue
                     progress.line(f"  {shown}")
                     last_output = time.monotonic()
             now = time.monotonic()

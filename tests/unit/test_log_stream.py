@@ -81,6 +81,34 @@ def test_preview_diffing_with_a_large_window_gives_each_line_once(count, cuts):
     assert shown(lines) == [f"line {n:05d}" for n in range(1, count + 1)]
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(1, 200),
+    cuts=st.lists(st.integers(0, 3000), max_size=15),
+    max_bytes=st.integers(20, 400),
+)
+def test_bounded_polls_never_repeat_or_reorder_lines(count, cuts, max_bytes):
+    data = numbered_log(count)
+    state = LogStreamState()
+    lines: list[str] = []
+    for end in [*sorted({min(c, len(data)) for c in cuts}), len(data)]:
+        start = state.cursors[W].offset if W in state.cursors else 0
+        # As the reader asks: at most max_bytes from the cursor, with the current size.
+        lines += state.apply_range(
+            W, data[start : start + max_bytes], start=start, total=end, max_bytes=max_bytes, where="x"
+        )
+    lines += state.flush()
+    whole = [line for line in shown(lines) if line.startswith("line ") and len(line) == 10]
+    shown_numbers = [int(line[-5:]) for line in whole]
+    assert shown_numbers == sorted(set(shown_numbers))  # strictly increasing: no repeat, no reorder
+    # Anything else is a marker or the start of a line cut by a skip, and says so.
+    others = [line for line in shown(lines) if line not in whole]
+    assert all(line.startswith("... ") or line.endswith(" [line cut]") for line in others)
+    markers = [line for line in lines if "bytes not shown" in line]
+    if not markers:
+        assert shown_numbers == list(range(1, count + 1))
+
+
 def test_preview_gap_prints_one_marker_and_resumes_at_a_line_start():
     data = numbered_log(100)
     state = LogStreamState()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -39,10 +40,11 @@ def run_sync(emu, streamer: LogStreamer, hook: ModelArtsHook, step: float) -> No
         emu.advance(step)
 
 
-@pytest.mark.parametrize("refuse", [False, True])
-def test_sync_streamer_shows_each_line_once(emulator_factory, monkeypatch, refuse):
+@pytest.mark.parametrize(("refuse", "ignore_range"), [(False, False), (True, False), (False, True)])
+def test_sync_streamer_shows_each_line_once(emulator_factory, monkeypatch, refuse, ignore_range):
     emu = emulator_factory({"jobs": []})
     emu.knobs.refuse_log_url = refuse
+    emu.knobs.ignore_range = ignore_range  # a server that answers Range with the whole object
     emu.add_job(job())
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
     hook = ModelArtsHook(max_retries=0)
@@ -120,8 +122,11 @@ def test_progress_bars_and_invalid_bytes_from_the_emulator(emulator_factory, mon
     assert not any("\r" in line for line in lines)
 
 
-def test_async_streamer_resumes_from_a_serialised_state(emulator_factory, monkeypatch):
+@pytest.mark.parametrize(("refuse", "ignore_range"), [(False, False), (True, False), (False, True)])
+def test_async_streamer_resumes_from_a_serialised_state(emulator_factory, monkeypatch, refuse, ignore_range):
     emu = emulator_factory({"jobs": []})
+    emu.knobs.refuse_log_url = refuse
+    emu.knobs.ignore_range = ignore_range
     emu.add_job(job())
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
     lines: list[str] = []
@@ -144,12 +149,14 @@ def test_async_streamer_resumes_from_a_serialised_state(emulator_factory, monkey
             body = await hook.get_training_job("job-live")
             done = body["status"]["phase"] == "Completed"
             await streamer.poll(body, final=done)
-            state = streamer.state.to_dict()
+            state = json.loads(json.dumps(streamer.state.to_dict()))
             await hook.close()
             emu.advance(0.45)
 
     asyncio.run(run())
     assert numbers(lines) == list(range(1, COUNT + 1))
+    assert not any("not read" in line for line in lines)
+    assert (emu.counters["obs_get"] == 0) is refuse
 
 
 def test_without_a_store_a_fresh_process_starts_at_the_tail_and_says_so(emulator_factory, monkeypatch):

@@ -10,7 +10,12 @@ import pytest
 
 from airflow_provider_modelarts.exceptions import ModelArtsValidationError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
-from airflow_provider_modelarts.log_stream import AsyncLogStreamer, LogStreamer, LogStreamState
+from airflow_provider_modelarts.log_stream import (
+    AsyncLogStreamer,
+    ContextLogStream,
+    LogStreamer,
+    LogStreamState,
+)
 from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 from airflow_provider_modelarts.sensors.modelarts import ModelArtsTrainingJobSensor
 
@@ -200,3 +205,49 @@ def test_state_round_trips_through_json():
     state = LogStreamState()
     state.apply_range("worker-0", b"a\nb", start=0, total=3, max_bytes=100, where="x")
     assert LogStreamState.from_dict(state.to_dict()).cursors["worker-0"].pending == b"b"
+
+
+class _Store:
+    """Stands in for ``context["task_state_store"]``: JSON values by key."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key, default=None):
+        return json.loads(self.values[key]) if key in self.values else default
+
+    def set(self, key, value, **kwargs):
+        self.values[key] = json.dumps(value)
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_reschedule_pokes_resume_from_the_store_or_mark_the_repeat(emulator_factory, monkeypatch, with_store):
+    emu = emulator_factory({"jobs": []})
+    emu.add_job(job())
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
+    store = _Store()
+    context = {"task_state_store": store} if with_store else {}
+    lines: list[str] = []
+    done = False
+    while not done:
+        # Each reschedule poke is a new process: a new ContextLogStream with nothing in memory.
+        hook = ModelArtsHook(max_retries=0)
+        body = hook.get_training_job("job-live")
+        done = body["status"]["phase"] == "Completed"
+        ContextLogStream(
+            hook=hook,
+            training_job_id="job-live",
+            stream_log_tasks=["worker-0"],
+            max_bytes=2048,
+            emit=lines.append,
+            fresh_process_per_poll=True,
+        ).poll(context, body, final=done)
+        emu.advance(1.3)
+    if with_store:
+        assert numbers(lines) == list(range(1, COUNT + 1))
+        assert list(store.values) == ["modelarts_log_stream:job-live"]
+    else:
+        markers = [line for line in lines if "no saved log position" in line]
+        assert len(markers) >= 5  # one per poke: every repeat is announced
+        assert set(numbers(lines)) == set(range(1, COUNT + 1))  # nothing lost
+        assert len(numbers(lines)) > COUNT  # but lines repeat, bounded by one poke's window

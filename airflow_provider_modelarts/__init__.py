@@ -24,7 +24,10 @@ def get_provider_info() -> dict:
         "hooks": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_modelarts.hooks.modelarts"],
+                "python-modules": [
+                    "airflow_provider_modelarts.hooks.modelarts",
+                    "airflow_provider_modelarts.hooks.smn",
+                ],
             }
         ],
         "operators": [
@@ -50,7 +53,10 @@ def get_provider_info() -> dict:
             "airflow_provider_modelarts.links.modelarts.ModelArtsTrainingJobConsoleLink",
             "airflow_provider_modelarts.links.modelarts.ModelArtsTaskLogPreviewLink",
         ],
-        "notifications": ["airflow_provider_modelarts.notifications.modelarts.ModelArtsTaskLogsNotifier"],
+        "notifications": [
+            "airflow_provider_modelarts.notifications.modelarts.ModelArtsTaskLogsNotifier",
+            "airflow_provider_modelarts.notifications.smn.SmnNotifier",
+        ],
         "connection-types": [
             {
                 "connection-type": "modelarts",
@@ -104,6 +110,16 @@ def get_provider_info() -> dict:
                         "description": "Overrides the IAM endpoint used for token auth.",
                         "schema": {"type": ["string", "null"]},
                     },
+                    "obs_endpoint": {
+                        "label": "OBS endpoint",
+                        "description": "For obs:// destinations; overrides https://obs.{region}.myhuaweicloud.com.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "smn_endpoint": {
+                        "label": "SMN endpoint",
+                        "description": "Overrides https://smn.{region}.myhuaweicloud.com for SmnNotifier alerts.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "verify": {
                         "label": "Verify TLS",
                         "description": "true (default), false, or a CA bundle path.",
@@ -118,6 +134,12 @@ def get_provider_info() -> dict:
                         "label": "Max retries",
                         "description": "Retries for throttling, 5xx and network errors (default 5).",
                         "schema": {"type": ["integer", "null"]},
+                    },
+                    "requests_per_second": {
+                        "label": "Requests per second",
+                        "description": "Pace ModelArts API calls of each process to this rate, adapting to 429s "
+                        "(default: no pacing).",
+                        "schema": {"type": ["number", "null"]},
                     },
                 },
             }

@@ -94,3 +94,44 @@ class ModelArtsTransportError(ModelArtsApiError):
     @property
     def is_retryable(self) -> bool:
         return True
+
+
+class ModelArtsArchiveDestinationError(ModelArtsError):
+    """The archive destination refused a write, a rename or a read (full, read-only, not a directory...).
+
+    :param message: what happened.
+    :param path: the object or file concerned.
+    :param cause: the system's description (``strerror``), when there is one.
+    :param committed: task logs already committed when the error happened (manifest errors).
+    """
+
+    def __init__(
+        self, message: str, *, path: str, cause: str | None = None, committed: list[str] | None = None
+    ) -> None:
+        self.path = path
+        self.cause = cause
+        self.committed = list(committed or [])
+        super().__init__(message)
+
+    @classmethod
+    def at(cls, path: str, action: str, err: OSError) -> ModelArtsArchiveDestinationError:
+        """The error for ``action`` on ``path`` failing with ``err`` (its type, errno text and code)."""
+        cause = f"{type(err).__name__}: {err.strerror or err}" + (
+            f" [errno {err.errno}]" if err.errno else ""
+        )
+        return cls(f"The archive destination {action} {path}: {cause}", path=path, cause=cause)
+
+
+class ModelArtsUnexpectedJobError(ModelArtsError):
+    """ModelArts answered with another training job than the one asked for."""
+
+    def __init__(self, *, requested: str, received: str) -> None:
+        self.requested = requested
+        self.received = received
+        super().__init__(
+            f"Asked ModelArts for training job {requested!r:.300} but the answer describes {received!r:.300}"
+        )
+
+
+class ModelArtsArchiveStoppedError(ModelArtsError):
+    """The archive was stopped (task timeout or kill) before this log was committed."""

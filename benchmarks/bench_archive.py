@@ -106,17 +106,17 @@ def child(job_id: str, destination: str, chunk_size: int, no_sha256: bool = Fals
     import psutil
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from airflow_provider_modelarts import transfer
+    from airflow_provider_modelarts.archiving import pipeline as transfer
     from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 
     if no_sha256:  # ablation only: shows what the sha256 costs on this machine
-        init = transfer._Pipeline.__init__
+        init = transfer.Pipeline.__init__
 
         def init_without_sha256(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             init(self, *args, **kwargs)
             self.sha256 = _NoHash()
 
-        transfer._Pipeline.__init__ = init_without_sha256  # type: ignore[method-assign]
+        transfer.Pipeline.__init__ = init_without_sha256  # type: ignore[method-assign]
 
     op = ModelArtsArchiveTaskLogsOperator(
         task_id="bench",

@@ -17,6 +17,7 @@ local ``file://`` folder) and ``MODELARTS_POLL_INTERVAL`` (seconds, default 30).
 
 from __future__ import annotations
 
+# [START howto_after_training_setup]
 import hashlib
 import os
 import tempfile
@@ -36,6 +37,7 @@ POLL_INTERVAL = float(os.environ.get("MODELARTS_POLL_INTERVAL", "30"))
 
 JOB_ID = "{{ var.value.get('modelarts_training_job_id', '" + DEFAULT_JOB_ID + "') }}"
 DESTINATION = "{{ var.value.get('modelarts_archive_destination', '" + DEFAULT_DESTINATION + "') }}"
+# [END howto_after_training_setup]
 
 with DAG(
     dag_id="example_modelarts_after_training",

@@ -17,6 +17,8 @@ triggerer). The defaults match ``example_dags/demo_scenario.json`` for the local
 
 from __future__ import annotations
 
+# [START howto_quickstart_archive_dag]
+# [START howto_archive_logs_setup]
 import os
 import tempfile
 from datetime import datetime
@@ -38,8 +40,8 @@ JOB_ID = "{{ var.value.get('modelarts_training_job_id', '" + DEFAULT_JOB_ID + "'
 DESTINATION = "{{ var.value.get('modelarts_archive_destination', '" + DEFAULT_DESTINATION + "') }}"
 
 TASK_LOGS_ARCHIVED = Asset("modelarts_task_logs")
+# [END howto_archive_logs_setup]
 
-# [START howto_quickstart_archive_dag]
 with DAG(
     dag_id="example_modelarts_archive_logs",
     schedule=None,

@@ -7,13 +7,20 @@ the run's data interval (a manual run, whose interval is empty, covers the hour 
 task instance per job, at most ``max_active_tis_per_dag`` at a time. Re-runs of an interval are cheap:
 logs already archived intact are skipped.
 
+ModelArts limits API calls per account (429 ``APIG.0308``). Each mapped task instance is its own process,
+so the connection extra ``requests_per_second`` paces one of them; an Airflow pool caps how many run at
+once across all workers: with a pool of N slots, set ``requests_per_second`` to the account's limit / N.
+
 Configuration (environment, or Airflow Variables of the same name in lower case):
 ``MODELARTS_ARCHIVE_DESTINATION`` (default a local ``file://`` folder), ``MODELARTS_ARCHIVE_CONN_ID``,
-``MODELARTS_ARCHIVE_COMPRESSION`` and ``MODELARTS_ARCHIVE_LOOKBACK_HOURS``.
+``MODELARTS_ARCHIVE_COMPRESSION`` and ``MODELARTS_ARCHIVE_LOOKBACK_HOURS``; ``MODELARTS_ARCHIVE_POOL``
+(environment only: the pool, created beforehand, e.g. ``airflow pools set modelarts_api 4 "ModelArts API"``;
+default ``default_pool``).
 """
 
 from __future__ import annotations
 
+# [START howto_scheduled_archival_setup]
 import os
 import tempfile
 from datetime import datetime, timedelta
@@ -32,6 +39,7 @@ DESTINATION = "{{ var.value.get('modelarts_archive_destination', '" + DEFAULT_DE
 DESTINATION_CONN_ID = os.environ.get("MODELARTS_ARCHIVE_CONN_ID") or None
 COMPRESSION = os.environ.get("MODELARTS_ARCHIVE_COMPRESSION") or None
 DEFAULT_LOOKBACK_HOURS = os.environ.get("MODELARTS_ARCHIVE_LOOKBACK_HOURS", "168")
+POOL = os.environ.get("MODELARTS_ARCHIVE_POOL", "default_pool")
 INTERVAL = timedelta(hours=1)
 
 
@@ -43,6 +51,9 @@ def finished_at_ms(job: dict[str, Any]) -> int:
         return int(records[-1]["end_at"]) * 1000
     start = int(status.get("start_time") or 0) or int((job.get("metadata") or {}).get("create_time") or 0)
     return start + int(status.get("duration") or 0)
+
+
+# [END howto_scheduled_archival_setup]
 
 
 with DAG(
@@ -80,5 +91,6 @@ with DAG(
         compression=COMPRESSION,
         wait_for_completion=False,
         max_active_tis_per_dag=4,
+        pool=POOL,  # shared with every DAG that calls ModelArts: caps concurrent callers across workers
     ).expand(training_job_id=finished_training_jobs())
     # [END howto_operator_modelarts_scheduled_archival]

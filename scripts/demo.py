@@ -7,7 +7,8 @@ Started by ``scripts/demo.sh`` inside ``.venv``. It:
    two-worker training job that runs for a few seconds and writes several MB of logs, and a job that fails;
 3. starts an SMTP server on 127.0.0.1 for the failure alert;
 4. runs each example DAG with ``airflow dags test``;
-5. prints where the logs were archived, the manifest, the log links pushed to XCom, and the alert e-mail.
+5. prints where the logs were archived, the manifest, the log links pushed to XCom, the alert e-mail and
+   the alert the emulator's SMN topic received.
 
 Every process it starts runs in its own process group and is stopped on exit, on failure and on Ctrl-C.
 Re-running is safe: the demo jobs' folders in the archive are replaced, nothing else is touched.
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -47,6 +49,8 @@ DEMO_SK = "demo-secret-key-for-the-local-emulator-only"
 DEMO_PROJECT_ID = "0123456789abcdef0123456789abcdef"
 OK_JOB = "demo-train-ok"
 FAILED_JOB = "demo-train-fail"
+DEMO_REGION = "cn-north-4"
+SMN_TOPIC_URN = f"urn:smn:{DEMO_REGION}:{DEMO_PROJECT_ID}:modelarts-alerts"
 
 
 @dataclass
@@ -77,10 +81,9 @@ def plans(archive: Path, smtp_port: int | None) -> list[DagRunPlan]:
             env={
                 **common,
                 "MODELARTS_TRAINING_JOB_ID": FAILED_JOB,
-                "MODELARTS_ALERT_EMAIL": "ml-team@example.com",
-            }
-            if smtp_port
-            else common,
+                "MODELARTS_ALERT_SMN_TOPIC_URN": SMN_TOPIC_URN,
+                **({"MODELARTS_ALERT_EMAIL": "ml-team@example.com"} if smtp_port else {}),
+            },
         ),
         # Lists the jobs that finished in the run's data interval (both demo jobs) and archives each one;
         # the completed job is already archived intact, so it is skipped.
@@ -247,7 +250,8 @@ def airflow_env(home: Path, emulator_url: str, smtp_port: int | None) -> dict[st
                     "extra": {
                         "project_id": DEMO_PROJECT_ID,
                         "endpoint": emulator_url,
-                        "region": "cn-north-4",
+                        "region": DEMO_REGION,
+                        "smn_endpoint": emulator_url,
                     },
                 }
             ),
@@ -288,20 +292,44 @@ _STREAMED = re.compile(r"^\s*\[worker-\d+\] ")
 STREAMED_SHOWN = 4
 
 
+MAX_SHOWN = 300
+"""Longest message shown on the console; longer ones end at a space with an ellipsis (the log keeps all)."""
+_RATE = re.compile(r"archived (?P<size>\d+ B|[\d.]+ KiB) to .* in [\d.]+s(?P<rate> \([\d.]+ MB/s\))")
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` if it fits, else cut at the last space before ``limit`` and marked with an ellipsis.
+
+    Never cuts inside a word, a path or a hash; a single word longer than ``limit`` is kept whole.
+    """
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text if cut <= 0 else f"{text[:cut]} …"
+
+
+def readable(msg: str) -> str:
+    """A provider log message for the console: no throughput figure for logs under 1 MiB (the time of such
+    a copy is the time of its requests, so MB/s says nothing), and long messages shortened at a space."""
+    if match := _RATE.search(msg):
+        msg = msg[: match.start("rate")] + msg[match.end("rate") :]
+    return shorten(msg)
+
+
 def summarise(line: str) -> str | None:
     """The console version of one line of ``airflow dags test`` output, or None to keep it in the log only."""
     match = _LOG_LINE.match(line.rstrip())
     if not match:
         # The last line of a traceback names the exception and its message.
         error = _EXCEPTION.match(line.rstrip())
-        return f"  {error['name'].rsplit('.', 1)[-1]}: {error['msg'][:200]}" if error else None
+        return f"  {error['name'].rsplit('.', 1)[-1]}: {shorten(error['msg'])}" if error else None
     msg, logger, rest = match["msg"], match["logger"], match["rest"]
     if task := _TASK.search(msg):
         return f"task {task[1]}{f'[{task[2]}]' if task[2] != '-1' else ''} started"
     if msg.startswith("Task instance state updated") and (state := _STATE.search(rest)):
         return f"  -> {state[1]}" if state[1] in ("success", "failed", "deferred", "skipped") else None
     if "modelarts" in logger.lower():
-        return f"  {msg[:150]}"
+        return f"  {readable(msg)}"
     return None
 
 
@@ -431,8 +459,37 @@ def manifests(archive: Path, job_ids: list[str]) -> list[Path]:
     return [p for job in job_ids for p in sorted((archive / job).rglob("manifest.json"))]
 
 
+def smn_messages(emulator_url: str) -> list[dict[str, Any]]:
+    """The messages the emulator's SMN topics received (``GET /_emulator/smn/messages``)."""
+    with urllib.request.urlopen(f"{emulator_url}/_emulator/smn/messages", timeout=10) as response:
+        return list(json.loads(response.read())["messages"])
+
+
+def show_smn(progress: Progress, messages: list[dict[str, Any]]) -> None:
+    print()
+    progress.step(f"Failure alerts published to the emulator's SMN topic ({len(messages)})")
+    for message in messages:
+        progress.detail(f"Topic: {message['topic_urn']}  Subject: {message.get('subject')}")
+        progress.detail(f"message_id {message['message_id']}")
+        entries = message.get("message_structure") or {"default": message.get("message") or ""}
+        for protocol, text in entries.items():
+            lines = [line for line in str(text).strip().splitlines() if line.strip()]
+            progress.detail(f"  [{protocol}] ({len(text.encode('utf-8')):,} bytes)")
+            for line in lines[:30]:
+                progress.detail(f"  | {line}")
+        sms = message["sms"]
+        cut = ", cut by SMN" if sms["truncated"] else ""
+        progress.detail(f"  SMS subscribers receive ({sms['parts']} part(s){cut}): {sms['delivered']}")
+
+
 def show_results(
-    progress: Progress, archive: Path, db: Path, dag_ids: list[str], mail: _MailStore | None
+    progress: Progress,
+    archive: Path,
+    db: Path,
+    dag_ids: list[str],
+    mail: _MailStore | None,
+    *,
+    smn: list[dict[str, Any]] | None = None,
 ) -> None:
     print()
     progress.step(f"Logs archived under {archive}")
@@ -474,6 +531,8 @@ def show_results(
                 text = html_to_text(text)
             for line in [line for line in text.strip().splitlines() if line.strip()][:30]:
                 progress.detail(f"  | {line}")
+    if smn:
+        show_smn(progress, smn)
 
 
 _HTML_TAG = re.compile(r"</?(?:h\d|p|ul|ol|li|pre|b|i|em|strong|br|div|span|a)\b[^>]*>", re.IGNORECASE)
@@ -569,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             if not ran:
                 raise DemoError("no example DAG found in example_dags/")
-            show_results(progress, archive, db, ran, mail)
+            show_results(progress, archive, db, ran, mail, smn=smn_messages(url))
     except KeyboardInterrupt:
         print()
         progress.step("Interrupted: stopping everything the demo started")

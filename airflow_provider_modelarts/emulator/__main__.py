@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import threading
 
+from airflow_provider_modelarts.emulator.ratelimit import parse_rate_limit
 from airflow_provider_modelarts.emulator.server import (
     DEFAULT_AK,
     DEFAULT_DOMAIN,
@@ -42,7 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--link-ttl", type=float, default=300, help="lifetime of OBS log links in seconds (default 300)"
     )
+    parser.add_argument(
+        "--rate-limit",
+        metavar="N[/s|/min]",
+        type=_rate_limit,
+        help="per-credential limit on ModelArts API calls (token bucket); over it: 429 APIG.0308",
+    )
     return parser
+
+
+def export_line(connection_json: str, conn_id: str = "modelarts_default") -> str:
+    """A shell line that makes the connection visible to every ``airflow`` command run after it.
+
+    :param connection_json: the connection as JSON (``ModelArtsEmulator.connection_json()``).
+    :param conn_id: the connection id.
+    """
+    return f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(connection_json)}"
+
+
+def _rate_limit(value: str) -> str:
+    try:
+        parse_rate_limit(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         iam_user=args.iam_user,
         iam_password=args.iam_password,
         domain=args.domain,
+        rate_limit=args.rate_limit,
     )
     url = emulator.start()
     print(url, flush=True)
@@ -70,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         f"iam user={emulator.iam_user} password={emulator.iam_password} domain={emulator.domain}", flush=True
     )
     print(f"jobs: {', '.join(emulator.job_ids())}", flush=True)
-    print(f"AIRFLOW_CONN_MODELARTS_DEFAULT='{emulator.connection_json()}'", flush=True)
+    print(export_line(emulator.connection_json()), flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

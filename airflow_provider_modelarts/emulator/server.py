@@ -22,6 +22,12 @@ from urllib.parse import quote, unquote, urlencode
 
 from airflow_provider_modelarts.emulator.live import end_reason, list_events
 from airflow_provider_modelarts.emulator.logs import LogSource
+from airflow_provider_modelarts.emulator.ratelimit import (
+    THROTTLE_CODE,
+    RateLimiter,
+    credential_of,
+    parse_rate_limit,
+)
 from airflow_provider_modelarts.emulator.scenario import (
     SECONDARY_PHASE,
     TERMINAL,
@@ -38,6 +44,7 @@ from airflow_provider_modelarts.emulator.signing import (
     parse_raw_query,
     verify_sdk_hmac,
 )
+from airflow_provider_modelarts.emulator.smn import SmnEmulator, SmnRejection
 from airflow_provider_modelarts.emulator.state import Counters, Knobs
 
 DEFAULT_AK = "EMULATORAK0000000001"
@@ -92,6 +99,8 @@ class ModelArtsEmulator:
     :param iam_password: its password.
     :param domain: its account (domain) name.
     :param region: region name reported in tokens and accepted as the project name in token scopes.
+    :param rate_limit: the gateway's per-credential limit on ModelArts API calls, e.g. ``"20/s"`` or
+        ``"600/min"`` (see :mod:`~airflow_provider_modelarts.emulator.ratelimit`); None for no limit.
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class ModelArtsEmulator:
         iam_password: str = DEFAULT_IAM_PASSWORD,
         domain: str = DEFAULT_DOMAIN,
         region: str = DEFAULT_REGION,
+        rate_limit: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -121,6 +131,7 @@ class ModelArtsEmulator:
         self.domain = domain
         self.region = region
         self.knobs = Knobs(link_ttl=link_ttl)
+        self.rate_limiter = RateLimiter(parse_rate_limit(rate_limit)) if rate_limit else None
         self.counters = Counters()
         self.obs_access_key = OBS_ACCESS_KEY
         self._obs_secret = secrets.token_urlsafe(30)
@@ -129,6 +140,7 @@ class ModelArtsEmulator:
         self._clock_offset = 0.0
         self._tokens: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, EmulatedJob] = {}
+        self.smn = SmnEmulator(project_id=project_id, region=region)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -275,7 +287,12 @@ class ModelArtsEmulator:
 
         :param auth_type: ``aksk`` (login/password = AK/SK) or ``token`` (login/password = IAM user/password).
         """
-        extra: dict[str, Any] = {"project_id": self.project_id, "endpoint": self.url, "region": self.region}
+        extra: dict[str, Any] = {
+            "project_id": self.project_id,
+            "endpoint": self.url,
+            "region": self.region,
+            "smn_endpoint": self.url,
+        }
         if auth_type == "aksk":
             return json.dumps(
                 {"conn_type": "modelarts", "login": self.ak, "password": self.sk, "extra": extra}
@@ -743,6 +760,10 @@ class ModelArtsEmulator:
                 token, doc = self._issue_token(body, query)
                 handler.send_json(201, doc, {"X-Subject-Token": token})
                 return
+            smn = self.smn.route(method, segments)
+            if smn is not None:
+                self._handle_smn(handler, smn, method=method, target=target, headers=headers, body=body)
+                return
             if len(segments) >= 3 and segments[0] == "v2":
                 self._handle_api(
                     handler,
@@ -813,6 +834,11 @@ class ModelArtsEmulator:
         except _Reject:
             self.counters.add("rejected_auth")
             raise
+        limiter = self.rate_limiter
+        if limiter is not None and not limiter.allow(credential_of(headers, token_user=self.iam_user)):
+            self.counters.add("throttled")
+            handler.send_error_json(429, THROTTLE_CODE, limiter.limit.message(), apig=True)
+            return
         fault = self._api_faults()
         if fault is not None:
             status, code, msg, apig = fault
@@ -858,6 +884,38 @@ class ModelArtsEmulator:
             handler.send_json(200, self._log_url(job, self._get_task(job, rest[3]), headers, query))
         elif kind == "preview":
             handler.send_json(200, self._preview(job, self._get_task(job, rest[3])))
+
+    def _handle_smn(
+        self, handler: _Handler, kind: str, *, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        """SMN publish (signed like the ModelArts API) and the unauthenticated message list."""
+        self.counters.add(f"smn_{kind}")
+        if kind != "publish":
+            if kind == "clear":
+                self.smn.clear()
+            handler.send_json(200, {"messages": self.smn.messages()})
+            return
+        if self.knobs.latency > 0:
+            time.sleep(self.knobs.latency)
+        try:
+            self._authenticate(method, target, headers, body)
+        except _Reject:
+            self.counters.add("rejected_auth")
+            raise
+        fault = self._api_faults()
+        if fault is not None:
+            handler.send_error_json(fault[0], fault[1], fault[2], apig=fault[3])
+            return
+        segments = [unquote(s) for s in target.partition("?")[0].split("/")[1:]]
+        try:
+            answer = self.smn.publish(
+                project_id=segments[1], topic_urn=segments[4], body=body, request_id=handler.request_id
+            )
+        except SmnRejection as rej:
+            doc = {"request_id": handler.request_id, "code": rej.code, "message": rej.message}
+            handler.send_json(rej.status, doc)
+            return
+        handler.send_json(200, answer)
 
     # ----------------------------------------------------------------- OBS
 

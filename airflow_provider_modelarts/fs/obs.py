@@ -132,6 +132,10 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
             mask_secret(value)
             mask_secret(quote(value, safe=""))
 
+    try:
+        endpoint = obs_endpoint(extra)
+    except ModelArtsConfigError as err:
+        raise ModelArtsConfigError(f"Connection {conn.conn_id!r}: {err}") from None
     region = extra.get("region")
     client_kwargs: dict[str, Any] = {}
     if region:
@@ -140,7 +144,7 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
         "key": key,
         "secret": secret,
         "token": token,
-        "endpoint_url": obs_endpoint(extra),
+        "endpoint_url": endpoint,
         "client_kwargs": client_kwargs,
         "config_kwargs": dict(extra.get("obs_config_kwargs") or {}),
     }

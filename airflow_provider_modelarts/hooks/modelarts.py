@@ -9,6 +9,7 @@ request building, the error parsing and the retry predicate defined here.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import requests
@@ -53,6 +54,15 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsTransportError,
     ModelArtsValidationError,
 )
+from airflow_provider_modelarts.ratelimit import AdaptiveRateLimiter, LimiterKey, get_rate_limiter
+from airflow_provider_modelarts.redaction import SIGNED_URL_SECRET_PARAMS as _SIGNED_URL_SECRET_PARAMS
+from airflow_provider_modelarts.redaction import (
+    mark_link_private,
+    mask_signed_url,
+    scrub_exception_chain,
+    signed_url_secrets,  # noqa: F401 - re-exported: it lived here before the redaction module
+)
+from airflow_provider_modelarts.transport_errors import describe_no_answer
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,8 @@ DEFAULT_MAX_RETRIES = 5
 RETRY_AFTER_CAP = 60.0
 """Longest wait (seconds) a ``Retry-After`` header can impose on one retry."""
 DEFAULT_LOG_LINK_TTL = 300
+TEST_CONNECTION_TIMEOUT = 5.0
+"""Longest per-request timeout (seconds) of :meth:`ModelArtsHook.test_connection`, which never retries."""
 USER_AGENT = f"airflow-provider-modelarts/{__version__}"
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_TEXT_LIMIT = 500
@@ -86,9 +98,6 @@ _REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _REGION_IN_HOST_RE = re.compile(r"^modelarts\.([a-z0-9-]+)\.myhuaweicloud\.(?:com|cn)$")
 _MAX_ID_LENGTH = 256
 _AUTH_TYPES = ("aksk", "token")
-_SIGNED_URL_SECRET_PARAMS = frozenset(
-    {"signature", "x-obs-security-token", "x-amz-security-token", "x-amz-signature"}
-)
 _INTL_REGION_PREFIXES = ("ap-", "af-", "la-", "sa-", "tr-", "me-", "eu-")
 # Endpoint naming per huaweicloudsdkmodelarts ModelArtsRegion: every region but Hong Kong ends in .com.
 _REGION_DOMAIN_EXCEPTIONS = {"ap-southeast-1": "myhuaweicloud.cn"}
@@ -238,6 +247,32 @@ def _parse_max_retries(value: Any) -> int:
     return number
 
 
+def _parse_link_hosts(value: Any) -> tuple[str, ...]:
+    """Extra ``log_link_hosts``: a list of ``fnmatch`` host patterns (or one comma-separated string)."""
+    if value in (None, "", []):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ModelArtsConfigError(
+            "extra 'log_link_hosts' must be a list of host patterns such as ['*.obs.cn-north-4.myhuaweicloud.com']"
+        )
+    return tuple(i.strip().lower() for i in items)
+
+
+def _parse_requests_per_second(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0 < number < float("inf"):
+        raise ModelArtsConfigError(
+            f"extra 'requests_per_second' must be a number > 0 (or unset for no pacing), got {value!r}"
+        )
+    return number
+
+
 def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     value = extra.get(key)
     if value is None or value == "":
@@ -245,6 +280,11 @@ def _optional_str(extra: Mapping[str, Any], key: str) -> str | None:
     if not isinstance(value, str):
         raise ModelArtsConfigError(f"extra '{key}' must be a string, got {type(value).__name__}")
     return value.strip() or None
+
+
+def _optional_base_url(extra: Mapping[str, Any], key: str) -> str | None:
+    value = _optional_str(extra, key)
+    return None if value is None else _validate_base_url(value, key)
 
 
 @dataclass(frozen=True)
@@ -265,6 +305,10 @@ class ModelArtsConnectionConfig:
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param timeout: per-request timeout in seconds.
     :param max_retries: retries after the first attempt for retryable failures.
+    :param log_link_hosts: ``fnmatch`` patterns of the hosts log links may point to (empty: any host).
+    :param requests_per_second: pace ModelArts API calls of this process to this rate (shared by every hook
+        with the same endpoint and credential); None for no pacing.
+    :param smn_endpoint: SMN base URL overriding ``https://smn.{region}.myhuaweicloud.com`` (extra ``smn_endpoint``).
     """
 
     project_id: str
@@ -281,6 +325,9 @@ class ModelArtsConnectionConfig:
     verify: bool | str = True
     timeout: float = DEFAULT_TIMEOUT
     max_retries: int = DEFAULT_MAX_RETRIES
+    log_link_hosts: tuple[str, ...] = ()
+    requests_per_second: float | None = None
+    smn_endpoint: str | None = None
 
     @classmethod
     def from_connection(
@@ -296,6 +343,7 @@ class ModelArtsConnectionConfig:
             password=getattr(conn, "password", None),
             extra=getattr(conn, "extra", None),
             mask=mask,
+            host=getattr(conn, "host", None),
         )
 
     @classmethod
@@ -306,6 +354,7 @@ class ModelArtsConnectionConfig:
         password: str | None,
         extra: Any,
         mask: Callable[[str], None] | None = None,
+        host: str | None = None,
     ) -> ModelArtsConnectionConfig:
         """Parse the connection fields; raise :class:`ModelArtsConfigError` naming the first bad field.
 
@@ -313,6 +362,7 @@ class ModelArtsConnectionConfig:
         :param password: SK (aksk) or IAM password (token).
         :param extra: the extra, as a dict or a JSON object string.
         :param mask: registers a secret with the masker (default ``mask_secret``).
+        :param host: the connection's host field: never used (named in the error when no endpoint is set).
         """
         register = mask or mask_secret
         if isinstance(password, str) and password:
@@ -348,8 +398,11 @@ class ModelArtsConnectionConfig:
         elif region is not None:
             endpoint = region_endpoint(region)
         else:
+            ignored = (
+                f"; the host field ({host!r}) is not used, put the URL in extra 'endpoint'" if host else ""
+            )
             raise ModelArtsConfigError(
-                "extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required"
+                f"extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required{ignored}"
             )
         if region is None:
             match = _REGION_IN_HOST_RE.match(urlsplit(endpoint).hostname or "")
@@ -400,6 +453,9 @@ class ModelArtsConnectionConfig:
             verify=_parse_bool_or_path(extras.get("verify")),
             timeout=_parse_timeout(extras.get("timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
+            log_link_hosts=_parse_link_hosts(extras.get("log_link_hosts")),
+            requests_per_second=_parse_requests_per_second(extras.get("requests_per_second")),
+            smn_endpoint=_optional_base_url(extras, "smn_endpoint"),
             **values,
         )
 
@@ -407,6 +463,13 @@ class ModelArtsConnectionConfig:
     def token_key(self) -> TokenKey:
         """Key of this connection's IAM token in the process-wide cache."""
         return (self.iam_endpoint or "", self.domain_name or "", self.user_name or "", self.project_id)
+
+    @property
+    def limiter_key(self) -> LimiterKey:
+        """Who shares a rate limiter: the endpoint and the AK (aksk) or the IAM user (token)."""
+        if self.auth_type == "aksk":
+            return LimiterKey(self.endpoint, f"ak:{self.access_key}")
+        return LimiterKey(self.endpoint, f"user:{self.domain_name}/{self.user_name}")
 
     @cached_property
     def signer(self) -> AkSkSigner | None:
@@ -455,43 +518,6 @@ def _warn_verify_disabled() -> None:
 # ------------------------------------------------------------------------------------------------
 # Secrets in signed URLs
 # ------------------------------------------------------------------------------------------------
-
-
-def signed_url_secrets(url: str) -> list[str]:
-    """The secret parts of a pre-signed OBS URL in every form a log line may show.
-
-    ``Signature``, ``X-Amz-Signature`` and ``x-obs-security-token``/``x-amz-security-token`` values, raw
-    (as they appear in the URL), decoded and URL-encoded.
-
-    :param url: the signed URL.
-    """
-    secrets: list[str] = []
-    for raw_pair in urlsplit(url).query.split("&"):
-        name, sep, raw_value = raw_pair.partition("=")
-        if not sep or unquote(name).lower() not in _SIGNED_URL_SECRET_PARAMS or not raw_value:
-            continue
-        decoded = unquote(raw_value.replace("+", " "))
-        for form in (
-            raw_value,
-            unquote(raw_value),
-            decoded,
-            quote(decoded, safe=""),
-            quote(decoded, safe="~"),
-        ):
-            if form and form not in secrets:
-                secrets.append(form)
-    return secrets
-
-
-def mask_signed_url(url: str, mask: Callable[[str], None] | None = None) -> None:
-    """Register the secret parts of a pre-signed OBS URL (see :func:`signed_url_secrets`) with the masker.
-
-    :param url: the signed URL.
-    :param mask: registers one secret (default ``mask_secret``).
-    """
-    register = mask or mask_secret
-    for secret in signed_url_secrets(url):
-        register(secret)
 
 
 async def _amask(secret: str) -> None:
@@ -617,12 +643,14 @@ class _Call:
     body: bytes | None = None
     authenticated: bool = True
     training_job_id: str | None = None
-    error_kind: str = "api"  # "api" (ModelArts/IAM JSON errors) or "obs" (pre-signed URL, XML errors)
+    error_kind: str = "api"  # "api" (ModelArts JSON errors), "iam" (IAM JSON errors) or "obs" (XML errors)
 
     def no_answer(self, err: Exception) -> ModelArtsTransportError:
-        """The error for an attempt that got no HTTP answer (only the error type: its text may hold the URL)."""
+        """The error for an attempt that got no HTTP answer: where it went and why, never the query string."""
+        if self.error_kind == "obs":
+            scrub_exception_chain(err, redact_signed_url_secrets)
         return ModelArtsTransportError(
-            f"{self.method} {self.path} got no answer: {type(err).__name__}",
+            f"{self.method} {self.path} got no answer from {describe_no_answer(err, url=self.url)}",
             method=self.method,
             path=self.path,
         )
@@ -718,7 +746,8 @@ def build_api_error(
     :param method: request method, for the message.
     :param path: request path without query, for the message.
     :param training_job_id: the job the request was about, named in not-found errors.
-    :param error_kind: ``api`` for ModelArts/IAM JSON errors, ``obs`` for pre-signed link XML errors.
+    :param error_kind: ``api`` for ModelArts JSON errors, ``iam`` for IAM token errors, ``obs`` for
+        pre-signed link XML errors.
     """
     text = body.decode("utf-8", errors="replace")
     error_code: str | None = None
@@ -749,6 +778,7 @@ def build_api_error(
         path=path,
     )
     detail = f": {error_msg}" if error_msg else ""
+    service = "IAM" if error_kind == "iam" else "ModelArts"
     if error_kind == "obs":
         if status == 403 and (
             error_code == "RequestTimeTooSkewed" or (error_msg or "").strip() == "Request has expired."
@@ -761,11 +791,11 @@ def build_api_error(
         what = (
             f"Training job {training_job_id!r} was not found" if training_job_id else f"{path} was not found"
         )
-        exc = ModelArtsNotFoundError(f"{what} (ModelArts {method} {path}){detail}", **kwargs)
+        exc = ModelArtsNotFoundError(f"{what} ({service} {method} {path}){detail}", **kwargs)
     elif status in (401, 403):
-        exc = ModelArtsAuthError(f"ModelArts refused the credentials for {method} {path}{detail}", **kwargs)
+        exc = ModelArtsAuthError(f"{service} refused the credentials for {method} {path}{detail}", **kwargs)
     else:
-        exc = ModelArtsApiError(f"ModelArts {method} {path} failed with HTTP {status}{detail}", **kwargs)
+        exc = ModelArtsApiError(f"{service} {method} {path} failed with HTTP {status}{detail}", **kwargs)
     if status == 429 or status >= 500:
         exc.retry_after = parse_retry_after(_header(headers, "Retry-After"))  # type: ignore[attr-defined]
     return exc
@@ -831,6 +861,17 @@ class _ModelArtsBase:
             before_sleep=_log_retry,
             reraise=True,
         )
+
+    @staticmethod
+    def _rate_limiter(config: ModelArtsConnectionConfig, call: _Call) -> AdaptiveRateLimiter | None:
+        """The process-wide limiter pacing ``call`` (ModelArts API calls only), or None when pacing is off."""
+        if (
+            config.requests_per_second is None
+            or not call.authenticated
+            or not call.url.startswith(config.endpoint + "/")  # other services (SMN) have their own limits
+        ):
+            return None
+        return get_rate_limiter(config.limiter_key, config.requests_per_second)
 
     def _request_timeout(self, config: ModelArtsConnectionConfig, timeout: float | None = None) -> float:
         if timeout is not None:
@@ -920,6 +961,28 @@ class _ModelArtsBase:
             headers={**request.headers, "User-Agent": USER_AGENT},
             body=request.body,
             authenticated=False,
+            error_kind="iam",
+        )
+
+    @staticmethod
+    def _service_call(method: str, url: str, json_body: Any) -> _Call:
+        """A JSON call to another Huawei Cloud service of the connection's project (e.g. SMN)."""
+        valid = _absolute_http_url(url)
+        if valid is None or method not in ("GET", "POST", "PUT", "DELETE"):
+            raise ModelArtsValidationError(
+                "a service call needs GET/POST/PUT/DELETE and an absolute http(s) URL"
+            )
+        parts = urlsplit(valid)
+        body = None
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _Call(
+            method=method,
+            url=f"{parts.scheme}://{parts.netloc}{parts.path}",
+            path=parts.path,
+            params=parse_qsl(parts.query, keep_blank_values=True),
+            headers={"Content-Type": "application/json;charset=utf-8", "User-Agent": USER_AGENT},
+            body=body,
         )
 
     @staticmethod
@@ -985,6 +1048,8 @@ class _ModelArtsBase:
         status: int,
         request_id: str | None,
         mask: Callable[[str], None] | None = None,
+        *,
+        register: bool = True,
     ) -> str:
         if not isinstance(payload, dict) or "obs_url" not in payload:
             raise ModelArtsResponseError(
@@ -997,7 +1062,10 @@ class _ModelArtsBase:
         url = _validate_http_url(
             payload["obs_url"], what="obs_url", status_code=status, request_id=request_id
         )
-        mask_signed_url(url, mask)
+        if register:
+            mask_signed_url(url, mask)
+        else:
+            mark_link_private(url)
         return url
 
     @staticmethod
@@ -1083,7 +1151,7 @@ class _ModelArtsBase:
     def _console_url(config: ModelArtsConnectionConfig, training_job_id: str) -> str:
         job = _quote_segment(validate_resource_id(training_job_id))
         if config.region is None:
-            return f"{config.endpoint}/console/#/trainingJobs/{job}"
+            return ""  # an endpoint-only connection (e.g. the emulator): no console to link to
         host = (
             "console-intl.huaweicloud.com"
             if config.region.startswith(_INTL_REGION_PREFIXES)
@@ -1110,6 +1178,34 @@ def _read_connection(get_connection: Callable[[str], Any], conn_id: str) -> Any:
         ) from e
 
 
+def parse_connection(
+    conn: Any, conn_id: str, *, mask: Callable[[str], None] | None = None
+) -> ModelArtsConnectionConfig:
+    """:meth:`ModelArtsConnectionConfig.from_connection`, with the connection id in every error.
+
+    The connection's ``host`` field is not used (the endpoint is the extra ``endpoint`` or comes from
+    ``region``); a warning says so when it is set.
+
+    :param conn: the connection.
+    :param conn_id: its id, for messages.
+    :param mask: registers a secret with the masker (default ``mask_secret``).
+    """
+    try:
+        config = ModelArtsConnectionConfig.from_connection(conn, mask=mask)
+    except ModelArtsConfigError as err:
+        raise ModelArtsConfigError(f"Connection {conn_id!r}: {err}") from None
+    host = getattr(conn, "host", None)
+    if host:
+        log.warning(
+            "Connection %r: the host field (%r) is ignored; ModelArts is reached at %s (extra 'endpoint' "
+            "or the endpoint of 'region')",
+            conn_id,
+            host,
+            config.endpoint,
+        )
+    return config
+
+
 class ModelArtsHook(BaseHook, _ModelArtsBase):
     """Talk to Huawei Cloud ModelArts (and fetch OBS log links) over HTTP with ``requests``.
 
@@ -1122,6 +1218,10 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         ``Retry-After``); e.g. ``tenacity.wait_none()`` in tests.
     :param max_retries: retries after the first attempt; default from the connection (5).
     :param timeout: per-request timeout in seconds; default from the connection (30).
+    :param mask_log_links: register the signature of each log link :meth:`get_task_log_url` returns with
+        Airflow's secret masker (default). ``False`` is for callers that never log a link, put it in an
+        error message or push it to XCom (the archive workers): the masker grows with every secret, so
+        each registration costs more than the one before.
     """
 
     conn_name_attr = "modelarts_conn_id"
@@ -1136,12 +1236,14 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         retry_wait: tenacity.wait.wait_base | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        mask_log_links: bool = True,
     ) -> None:
         super().__init__()
         self.modelarts_conn_id = modelarts_conn_id
         self._retry_wait = retry_wait
         self._max_retries = max_retries
         self._timeout = timeout
+        self.mask_log_links = mask_log_links
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -1154,7 +1256,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
     def config(self) -> ModelArtsConnectionConfig:
         """The parsed and validated connection."""
         conn = _read_connection(self.get_connection, self.modelarts_conn_id)
-        config = ModelArtsConnectionConfig.from_connection(conn)
+        config = parse_connection(conn, self.modelarts_conn_id)
         if config.verify is False:
             _warn_verify_disabled()
         return config
@@ -1175,15 +1277,24 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         token: str | None = None,
         stream: bool = False,
         timeout: float | None = None,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`."""
+        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`.
+
+        Redirects are never followed (a 3xx is an error answer, not retried).
+        """
         config = self.config
         request_timeout = self._request_timeout(config, timeout)
+        http = session or self.session
+        limiter = self._rate_limiter(config, call)
 
         def attempt() -> requests.Response:
+            if limiter is not None:
+                limiter.acquire()
             url, headers, body = self._authorize(config, call, token)
+            failure: ModelArtsTransportError | None = None
             try:
-                response = self.session.request(
+                response = http.request(
                     call.method,
                     url,
                     headers=headers,
@@ -1191,10 +1302,16 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
                     stream=stream,
                     timeout=request_timeout,
                     verify=config.verify,
-                    allow_redirects=call.error_kind == "obs",
+                    allow_redirects=False,
                 )
             except requests.RequestException as err:
-                raise call.no_answer(err) from err
+                if call.error_kind != "obs":
+                    raise call.no_answer(err) from err
+                failure = call.no_answer(err)
+            if failure is not None:  # raised outside the handler: the cause holds the signed link
+                raise failure
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             try:
@@ -1320,7 +1437,13 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """
         call = self._log_url_call(self.config, training_job_id, task_id, download)
         payload, response = self._api_json(call)
-        return self._log_url_from(call, payload, response.status_code, response.headers.get("X-Request-Id"))
+        return self._log_url_from(
+            call,
+            payload,
+            response.status_code,
+            response.headers.get("X-Request-Id"),
+            register=self.mask_log_links,
+        )
 
     def preview_task_log(self, training_job_id: str, task_id: str) -> dict:
         """The last (up to 5 MB) of a task's log: ``{"content", "current_size", "full_size"}``.
@@ -1334,15 +1457,40 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         payload, response = self._api_json(call)
         return self._preview_from(call, payload, response.status_code)
 
+    def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Call another Huawei Cloud service of the connection's project (e.g. SMN) over this hook's transport.
+
+        Same signing or IAM token, timeout, retries and typed errors as every ModelArts call.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")
+
     def test_connection(self) -> tuple[bool, str]:
-        """Check the connection with a cheap call (a one-job search); never raises."""
+        """Check the connection with a cheap call (a one-job search); never raises.
+
+        One attempt (no retries) with a timeout of at most :data:`TEST_CONNECTION_TIMEOUT` seconds, so
+        Airflow's connection test answers quickly; the message says where the request went and why it
+        failed.
+        """
         try:
             config = self.config
-            call = self._api_call(
-                config, "list_training_jobs", json_body=self._search_body(0, 1, None, None, None)
+            probe = ModelArtsHook(
+                self.modelarts_conn_id,
+                max_retries=0,
+                timeout=min(self._request_timeout(config), TEST_CONNECTION_TIMEOUT),
             )
-            payload, response = self._api_json(call)
-            self._expect_dict(call, payload, response.status_code)
+            probe.__dict__["config"] = config  # the connection as already read, not a second lookup
+            call = probe._api_call(
+                config, "list_training_jobs", json_body=probe._search_body(0, 1, None, None, None)
+            )
+            payload, response = probe._api_json(call)
+            probe._expect_dict(call, payload, response.status_code)
         except Exception as err:
             return False, f"{type(err).__name__}: {err}"
         return True, f"Connected to ModelArts at {config.endpoint} (project {config.project_id})."
@@ -1353,16 +1501,29 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         """Open a pre-signed log link as a byte stream (``stream=True``), from byte ``offset``.
 
         Transport errors, 5xx and 429 are retried. The caller closes the response. The answer is 200
-        (whole object, e.g. when the server ignores ``Range``) or 206.
+        (whole object, e.g. when the server ignores ``Range``) or 206. The link is read with
+        :attr:`link_session` (no API cookies or headers), redirects are not followed, ``user:pass@``
+        is refused and the host must match the connection's ``log_link_hosts`` (when set).
 
         :param url: the link from :meth:`get_task_log_url`.
         :param offset: first byte wanted; sends ``Range: bytes={offset}-`` when > 0.
         :param timeout: per-request timeout (connect and between bytes).
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         :raises ModelArtsApiError: any other error answer (``error_code`` from the XML ``<Code>``).
+        :raises ModelArtsValidationError: a link with credentials, or to a host not allowed.
         """
         call = _obs_call(url, offset)
-        return self._send(call, stream=True, timeout=timeout)
+        _check_link_host(url, self.config.log_link_hosts)
+        return self._send(call, stream=True, timeout=timeout, session=self.link_session)
+
+    @cached_property
+    def link_session(self) -> requests.Session:
+        """The session that reads log links: none of the API session's cookies or headers, and no
+        credentials or proxies from the environment (``.netrc`` would add Basic auth)."""
+        session = requests.Session()
+        session.trust_env = False
+        session.headers["User-Agent"] = USER_AGENT
+        return session
 
     def read_log_range(self, url: str, *, start: int, length: int) -> dict[str, Any]:
         """Read at most ``length`` bytes of a log link from byte ``start`` (``Range: bytes=start-end``).
@@ -1375,7 +1536,7 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
             or past the end gives no data.
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         """
-        call = _range_call(url, start, length)
+        call = _range_call(url, start, length, self.config.log_link_hosts)
         try:
             response = self._send(call, stream=True)
         except ModelArtsApiError as err:
@@ -1408,6 +1569,9 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
 
+        ``""`` when the connection has no region (only an ``endpoint``): there is no console to link to,
+        and the extra link then shows nothing.
+
         :param training_job_id: the job id.
         """
         return self._console_url(self.config, training_job_id)
@@ -1430,7 +1594,11 @@ def _obs_call(url: str, offset: int) -> _Call:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
     url = valid
     mask_signed_url(url)
-    headers = {"User-Agent": USER_AGENT}
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    # Identity: a compressed answer states the encoded size only (the archive copes, but prefers plain).
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
     # The link is sent exactly as ModelArts returned it: its signature covers the encoded query.
@@ -1444,19 +1612,28 @@ def _obs_call(url: str, offset: int) -> _Call:
     )
 
 
-def _range_call(url: str, start: int, length: int) -> _Call:
+def _range_call(url: str, start: int, length: int, link_hosts: tuple[str, ...]) -> _Call:
     for name, value, low in (("start", start, 0), ("length", length, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ModelArtsValidationError(f"{name} must be an integer >= {low}, got {value!r}")
     valid = _absolute_http_url(url)
     if valid is None:
         raise ModelArtsValidationError("url must be an absolute http(s) URL")
+    parts = urlsplit(valid)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    _check_link_host(valid, link_hosts)
     # Not masked here: the link comes from get_task_log_url, and errors name only its path.
+    # Identity encoding: byte offsets count the log's own bytes, not a compressed body's.
     return _Call(
         method="GET",
         url=valid,
-        path=urlsplit(valid).path or "/",
-        headers={"User-Agent": USER_AGENT, "Range": f"bytes={start}-{start + length - 1}"},
+        path=parts.path or "/",
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "identity",
+            "Range": f"bytes={start}-{start + length - 1}",
+        },
         authenticated=False,
         error_kind="obs",
     )
@@ -1495,6 +1672,15 @@ def _event_list(call: _Call, payload: Any, status: int) -> list[dict]:
         for e in events
         if isinstance(e, dict)
     ]
+
+
+def _check_link_host(url: str, patterns: tuple[str, ...]) -> None:
+    """Refuse a link whose host matches none of the connection's ``log_link_hosts`` patterns."""
+    host = (urlsplit(url).hostname or "").lower()
+    if patterns and not any(fnmatch.fnmatchcase(host, p) for p in patterns):
+        raise ModelArtsValidationError(
+            f"the log link points to host {host!r}, which matches none of log_link_hosts {list(patterns)}"
+        )
 
 
 def _task_list(call: _Call, payload: Any, status: int) -> list[dict]:
@@ -1578,7 +1764,7 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             conn = await asyncio.to_thread(_read_connection, self.get_connection, self.modelarts_conn_id)
         secrets: list[str] = []
         try:
-            config = ModelArtsConnectionConfig.from_connection(conn, mask=secrets.append)
+            config = parse_connection(conn, self.modelarts_conn_id, mask=secrets.append)
         finally:
             for secret in secrets:
                 await _amask(secret)
@@ -1633,8 +1819,11 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         client = await self.get_client()
         config = await self.get_config()
         request_timeout = self._request_timeout(config, timeout)
+        limiter = self._rate_limiter(config, call)
 
         async def attempt() -> httpx.Response:
+            if limiter is not None:
+                await limiter.aacquire()
             url, headers, body = self._authorize(config, call, token)
             try:
                 response = await client.request(
@@ -1642,6 +1831,8 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
                 )
             except httpx.HTTPError as err:
                 raise call.no_answer(err) from err
+            if limiter is not None:
+                limiter.record(response.status_code)
             if 200 <= response.status_code < 300:
                 return response
             raise call.error_answer(
@@ -1735,7 +1926,7 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
 
     async def read_log_range(self, url: str, *, start: int, length: int) -> dict[str, Any]:
         """Read at most ``length`` bytes of a log link from byte ``start``; see :meth:`ModelArtsHook.read_log_range`."""
-        call = _range_call(url, start, length)
+        call = _range_call(url, start, length, (await self.get_config()).log_link_hosts)
         try:
             response = await self._send(call)
         except ModelArtsApiError as err:
@@ -1746,3 +1937,15 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         if first is None:
             return {"data": response.content[: start + length], "start": 0, "total": len(response.content)}
         return {"data": response.content[:length], "start": first, "total": total}
+
+    async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
+        """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.
+
+        :param method: HTTP method.
+        :param url: the absolute URL, built from validated parts by the caller.
+        :param json_body: the JSON body, if any.
+        :return: ``(parsed JSON answer, request id)``.
+        """
+        call = self._service_call(method, url, json_body)
+        payload, response = await self._api_json(call)
+        return payload, response.headers.get("X-Request-Id")

@@ -26,6 +26,16 @@ log = logging.getLogger(__name__)
 TRAINING_JOB_XCOM_KEY = "modelarts_training_job"
 """XCom key holding ``{"training_job_id", "console_url", "modelarts_conn_id", "task_ids"}``."""
 
+LINK_DATA_ATTRIBUTE = "modelarts_link_data"
+"""Operator attribute: what :func:`persist_training_job_links` stored during this run, or ``None``.
+
+Operators carrying these links declare it as a class attribute (``None``). When the worker evaluates the
+links at the end of the task it reads this attribute instead of XCom, so a task that failed before it
+stored anything (wrong job id, bad destination, incomplete connection) gets no link and no second,
+misleading ``XCom not found`` error in its log. Operators without the attribute (a plugin's global link
+resolved by the API server) read XCom.
+"""
+
 LOG_PREVIEW_LINK_TIMEOUT = 3.0
 """Seconds the preview link may spend asking ModelArts; the UI must never hang on it."""
 
@@ -49,15 +59,15 @@ def persist_training_job_links(
     """
     task = context.get("task")
     conn_id = modelarts_conn_id or getattr(task, "modelarts_conn_id", None) or "modelarts_default"
-    context["ti"].xcom_push(
-        key=TRAINING_JOB_XCOM_KEY,
-        value={
-            "training_job_id": training_job_id,
-            "console_url": console_url,
-            "modelarts_conn_id": conn_id,
-            "task_ids": list(task_ids or []),
-        },
-    )
+    value = {
+        "training_job_id": training_job_id,
+        "console_url": console_url,
+        "modelarts_conn_id": conn_id,
+        "task_ids": list(task_ids or []),
+    }
+    context["ti"].xcom_push(key=TRAINING_JOB_XCOM_KEY, value=value)
+    if task is not None and hasattr(task, LINK_DATA_ATTRIBUTE):
+        setattr(task, LINK_DATA_ATTRIBUTE, value)
 
 
 def _read_xcom_from_db(ti_key: TaskInstanceKey) -> Any:
@@ -90,6 +100,14 @@ def _stored_job(ti_key: TaskInstanceKey) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and value.get("training_job_id") else None
 
 
+def _job_for(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
+    if not hasattr(operator, LINK_DATA_ATTRIBUTE):
+        return _stored_job(ti_key)
+    # The worker, at the end of the task: what this run stored, or nothing to link to.
+    value = getattr(operator, LINK_DATA_ATTRIBUTE)
+    return value if isinstance(value, dict) and value.get("training_job_id") else None
+
+
 class ModelArtsTrainingJobConsoleLink(BaseOperatorLink):
     """Link to the training job's page in the ModelArts console of the connection's region."""
 
@@ -97,7 +115,7 @@ class ModelArtsTrainingJobConsoleLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(ti_key)
+            stored = _job_for(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts console link from XCom", exc_info=True)
             return ""
@@ -116,7 +134,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
         try:
-            stored = _stored_job(ti_key)
+            stored = _job_for(operator, ti_key)
         except Exception:
             log.warning("Could not read the ModelArts job from XCom", exc_info=True)
             return ""

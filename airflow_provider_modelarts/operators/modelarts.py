@@ -32,6 +32,8 @@ from airflow_provider_modelarts.transfer import (
     COMPRESSIONS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_WAIT,
+    DEFAULT_STALL_MIN_RATE,
+    DEFAULT_STALL_WINDOW,
     ArchiveLayout,
     TrainingJobLogArchiver,
     job_tasks,
@@ -39,6 +41,63 @@ from airflow_provider_modelarts.transfer import (
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+
+
+_EXAMPLES = "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
+
+
+def check_destination_uri(dest: str) -> str:
+    """The archive root as an unambiguous URI, or :class:`ModelArtsValidationError` saying how to fix it.
+
+    An absolute local path becomes ``file://`` + path and ``file://localhost/x`` becomes ``file:///x``.
+    Rejected: relative paths, ``~`` (never expanded), ``file://host/...`` with another host (two slashes
+    make the first path segment the host: ``file://tmp/x`` is not ``/tmp/x``), URIs without a bucket,
+    queries or fragments, and ``.`` or ``..`` segments.
+
+    :param dest: the destination as given (a URI or an absolute path).
+    """
+    parts = urlsplit(dest)
+    local = parts.path if parts.scheme.lower() in ("", "file") else ""
+    if dest.startswith("~") or parts.netloc.startswith("~") or local.startswith("/~"):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} uses '~', which is not expanded (and the worker's home directory may "
+            f"differ from yours); use an absolute path such as {os.path.expanduser('~/archive')!r} or a URI "
+            f"such as {_EXAMPLES}"
+        )
+    scheme = parts.scheme.lower()
+    if not scheme:
+        if not dest.startswith("/"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} is a relative path (relative to the worker's current directory, "
+                f"which varies); use an absolute path or a URI such as {_EXAMPLES}"
+            )
+        parts, scheme = urlsplit(f"file://{dest}"), "file"
+    if parts.query or parts.fragment or dest.endswith(("?", "#")):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} has a query or fragment ('?' or '#'); use a plain URI such as {_EXAMPLES}"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} names {parts.netloc!r} as the host of a file:// URI, so it would "
+                f"not be the path /{parts.netloc}{parts.path}; a local path needs three slashes: "
+                f"file:///{parts.netloc}{parts.path}"
+            )
+        if not parts.path.startswith("/"):
+            raise ModelArtsValidationError(
+                f"destination {dest!r} is not an absolute file URI; use file:///absolute/path"
+            )
+    elif not parts.netloc:
+        raise ModelArtsValidationError(
+            f"destination {dest!r} names no bucket or host after '{scheme}://'; use {scheme}://bucket/prefix"
+        )
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        raise ModelArtsValidationError(
+            f"destination {dest!r} contains '.' or '..' segments; give the path they lead to"
+        )
+    if scheme == "file":
+        return f"file://{parts.path}"
+    return dest
 
 
 class ModelArtsArchiveTaskLogsOperator(BaseOperator):
@@ -81,15 +140,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     :param path_template: object path of a task log relative to ``destination``; fields
         ``{training_job_id}``, ``{task_id}``, ``{job_name}``. (templated)
     :param manifest_template: object path of the manifest relative to ``destination``. (templated)
-    :param max_attempts: interruptions (expired link, dropped connection, short read) tolerated per log.
-    :param retry_wait: seconds to wait after a ModelArts or OBS error that outlasted the hook's own
-        retries (5xx, 429, no answer) before asking again; doubles while such errors last, up to a minute.
+    :param max_attempts: interruptions (expired link, dropped connection, short body, stall, restart)
+        tolerated per log.
+    :param retry_wait: no longer used (transport retries are the hook's alone); kept for compatibility.
     :param chunk_size: bytes read at a time.
     :param stream_logs: while waiting for the job, show each new line of the streamed workers' logs in
         this task's log as ``[worker-0] <line>`` (see docs/sensor.md, "Live logs").
     :param stream_log_tasks: workers to stream; by default the first worker plus every worker that
         exits with a non-zero code.
     :param stream_max_bytes: most bytes shown per worker per poll; the rest is skipped with a marker line.
+    :param stall_window: seconds over which a log link's rate is measured.
+    :param stall_min_rate: bytes per second below which a window is a stall (fresh link, resume);
+        ``0`` disables the check.
     """
 
     template_fields: Sequence[str] = (
@@ -103,6 +165,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     )
     ui_color = "#c7000b"
     operator_extra_links = (ModelArtsTrainingJobConsoleLink(),)
+    modelarts_link_data: dict[str, Any] | None = None
+    """What the extra links show, once this run has read the job (see ``LINK_DATA_ATTRIBUTE``)."""
 
     def __init__(
         self,
@@ -127,6 +191,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         stream_logs: bool = True,
         stream_log_tasks: list[str] | None = None,
         stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
+        stall_window: float = DEFAULT_STALL_WINDOW,
+        stall_min_rate: float = DEFAULT_STALL_MIN_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -150,14 +216,21 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         self.max_attempts = max_attempts
         self.retry_wait = retry_wait
         self.chunk_size = chunk_size
+        self.stall_window = stall_window
+        self.stall_min_rate = stall_min_rate
+        self._archiver: TrainingJobLogArchiver | None = None
 
     @cached_property
     def hook(self) -> ModelArtsHook:
         return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
 
     def new_hook(self) -> ModelArtsHook:
-        """A hook for one archive worker thread (a ``requests.Session`` is not shared between threads)."""
-        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id)
+        """A hook for one archive worker thread (a ``requests.Session`` is not shared between threads).
+
+        Its log links stay inside the archiver (logged without their query, never in XCom), so they are not
+        registered with the secret masker, whose cost grows with every registration.
+        """
+        return ModelArtsHook(modelarts_conn_id=self.modelarts_conn_id, mask_log_links=False)
 
     # ---------------------------------------------------------------------------------------------------
 
@@ -189,6 +262,17 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsValidationError(
                 f"retry_wait must be a number of seconds from 0 to 3600, got {self.retry_wait!r}"
             )
+        for name, zero_ok in (("stall_window", False), ("stall_min_rate", True)):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value < 0
+                or (value == 0 and not zero_ok)
+            ):
+                raise ModelArtsValidationError(
+                    f"{name} must be a number {'>=' if zero_ok else '>'} 0, got {value!r}"
+                )
         task_ids: list[str] | None
         if self.task_ids is None:
             task_ids = None
@@ -208,20 +292,13 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def _resolve_destination(self) -> ObjectStoragePath:
         dest: Any = self.destination
         if isinstance(dest, ObjectStoragePath):
-            return dest
+            return dest  # already resolved by its constructor: used as it is
         if isinstance(dest, os.PathLike):
             dest = os.fspath(dest)
         if not isinstance(dest, str) or not dest.strip():
             raise ModelArtsValidationError(f"destination must be a URI or an ObjectStoragePath, got {dest!r}")
-        dest = dest.strip()
+        dest = check_destination_uri(dest.strip())
         scheme = urlsplit(dest).scheme.lower()
-        if not scheme:
-            if not dest.startswith("/"):
-                raise ModelArtsValidationError(
-                    f"destination {dest!r} is a relative path; use an absolute path or a URI such as "
-                    "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
-                )
-            dest, scheme = f"file://{dest}", "file"
         from airflow.sdk.io.fs import has_fs
 
         if not has_fs(scheme):
@@ -240,13 +317,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
-        persist_training_job_links(
-            context,
-            training_job_id=self.training_job_id,
-            console_url=self.hook.console_url(self.training_job_id),
-            modelarts_conn_id=self.modelarts_conn_id,
-            task_ids=job_tasks(job),
-        )
+        self._persist_links(context, job)
         phase = self._phase(job)
         if self.wait_for_completion and not phase.is_terminal:
             if self.deferrable:
@@ -269,7 +340,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             )
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
+        # A resumed task runs in a new process: store the links' data again for this one.
+        self._persist_links(context, job)
         return self._archive(context, job, destination, layout, task_ids)
+
+    def _persist_links(self, context: Context, job: dict[str, Any]) -> None:
+        persist_training_job_links(
+            context,
+            training_job_id=self.training_job_id,
+            console_url=self.hook.console_url(self.training_job_id),
+            modelarts_conn_id=self.modelarts_conn_id,
+            task_ids=job_tasks(job),
+        )
 
     def _phase(self, job: dict[str, Any]) -> TrainingJobPhase:
         return TrainingJobPhase.parse(
@@ -356,11 +438,18 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             max_workers=self.max_workers,
             chunk_size=self.chunk_size,
             max_attempts=self.max_attempts,
-            retry_wait=self.retry_wait,
+            stall_window=self.stall_window,
+            stall_min_rate=self.stall_min_rate,
         )
-        result = archiver.archive(job, task_ids).to_xcom()
+        self._archiver = archiver
+        result = archiver.archive(job, task_ids, training_job_id=self.training_job_id).to_xcom()
         self._emit_asset_events(context, result)
         return result
+
+    def on_kill(self) -> None:
+        """Stop the archive: running copies stop at their next read, queued ones never start."""
+        if self._archiver is not None:
+            self._archiver.stop()
 
     def _emit_asset_events(self, context: Context, result: dict[str, Any]) -> None:
         outlets = getattr(self, "outlets", None) or []

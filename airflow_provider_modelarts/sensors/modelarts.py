@@ -165,6 +165,8 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
     )
     ui_color = "#e8f1ff"
     operator_extra_links: Collection[BaseOperatorLink] = (ModelArtsTrainingJobConsoleLink(),)
+    modelarts_link_data: dict[str, Any] | None = None
+    """What the extra links show, once this run has read the job (see ``LINK_DATA_ATTRIBUTE``)."""
 
     def __init__(
         self,
@@ -309,6 +311,13 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             )
         if status not in ("success", "failed"):
             raise AirflowException(message)
+        # A resumed task runs in a new process: store the links' data again for this one.
+        persist_training_job_links(
+            context,
+            training_job_id=self.training_job_id,
+            console_url=self.hook.console_url(self.training_job_id),
+            modelarts_conn_id=self.modelarts_conn_id,
+        )
         job = self.hook.get_training_job(self.training_job_id)
         return self._finish(context, job, self._outcome(job))
 

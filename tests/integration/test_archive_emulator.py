@@ -165,8 +165,12 @@ def test_persistent_drops_fail_without_leaving_a_file(emu, tmp_path):
             max_attempts=2,
         )
     assert not (tmp_path / "a/job-big/worker-0.log").exists()
-    assert [p.name for p in (tmp_path / "a/job-big").iterdir()] == ["manifest.json"]
-    assert json.loads((tmp_path / "a/job-big/manifest.json").read_text())["tasks"] == []
+    names = sorted(p.name for p in (tmp_path / "a/job-big").iterdir())
+    assert names == ["manifest.json", "worker-0.log.record.json"]
+    manifest = json.loads((tmp_path / "a/job-big/manifest.json").read_text())
+    assert manifest["complete"] is False
+    (entry,) = manifest["tasks"]
+    assert entry["task_id"] == "worker-0" and entry["complete"] is False and "Giving up" in entry["error"]
 
 
 def test_failed_job_gzip(emu, tmp_path):
@@ -206,7 +210,9 @@ def test_s3_destination_on_moto_with_faults(emu, aws_s3_conn, s3_bucket):
     names = sorted(
         p.name for p in ObjectStoragePath(f"s3://{s3_bucket}/archive/job-big", conn_id=aws_s3_conn).iterdir()
     )
-    assert names == ["manifest.json", "worker-0.log", "worker-1.log", "worker-2.log"]
+    assert names == ["manifest.json"] + [
+        f"worker-{i}.log{suffix}" for i in range(3) for suffix in ("", ".record.json")
+    ]
 
 
 def test_obs_destination_with_the_modelarts_connection(emu, moto_server, s3_bucket, monkeypatch):
@@ -224,17 +230,24 @@ def test_obs_destination_with_the_modelarts_connection(emu, moto_server, s3_buck
     assert manifest["tasks"][0]["sha256"] == emu.log_sha256("job-failed", "worker-0")
 
 
-def test_plain_bodies_take_the_zero_copy_path(emu):
-    from airflow_provider_modelarts.transfer import _body_chunks
+def test_plain_bodies_are_read_into_page_aligned_buffers(emu):
+    import mmap
+
+    from airflow_provider_modelarts.archiving.checks import plan_response
+    from airflow_provider_modelarts.archiving.pipeline import BodyReader
 
     hook = ModelArtsHook()
     resp = hook.open_log_stream(hook.get_task_log_url("job-big", "worker-1", download=True))
-    digest, kinds = hashlib.sha256(), set()
+    plan = plan_response(resp.status_code, resp.headers, offset=0, known_total=None)
+    digest, kinds, sizes = hashlib.sha256(), set(), []
     with resp:
-        for chunk in _body_chunks(resp, 256 * 1024, encoded=False):
+        reader = BodyReader(resp, plan=plan, chunk_size=256 * 1024, on_read=lambda n: None)
+        for chunk in reader.chunks():
             kinds.add(type(chunk))
+            sizes.append(len(chunk))
             digest.update(chunk)
     assert kinds == {memoryview}
+    assert all(size == 256 * 1024 for size in sizes[:-1]) and 256 * 1024 % mmap.PAGESIZE == 0
     assert digest.hexdigest() == emu.log_sha256("job-big", "worker-1")
 
 
@@ -257,3 +270,44 @@ def test_memory_stays_flat_for_a_large_log(emu, tmp_path):
     # the traced peak (this process also runs the emulator) does not grow with the log size
     assert big < small + MiB, (small, big)
     assert big < 4 * MiB, (small, big)
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_mapped_runs_with_disjoint_task_ids_end_with_every_task_in_the_manifest(
+    emu, tmp_path, where, request
+):
+    import threading
+
+    if where == "s3":
+        bucket, conn_id = request.getfixturevalue("s3_bucket"), request.getfixturevalue("aws_s3_conn")
+        destination, root = (
+            f"s3://{bucket}/archive",
+            ObjectStoragePath(f"s3://{bucket}/archive", conn_id=conn_id),
+        )
+    else:
+        conn_id, destination = None, f"file://{tmp_path}/a"
+        root = ObjectStoragePath(destination)
+    results, errors = {}, []
+
+    def one(task_id):
+        try:
+            results[task_id] = run(
+                training_job_id="job-big",
+                destination=destination,
+                destination_conn_id=conn_id,
+                task_ids=[task_id],
+            )
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(f"worker-{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    manifest = json.loads((root / "job-big" / "manifest.json").read_bytes())
+    assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0", "worker-1", "worker-2"]
+    assert manifest["complete"] is True
+    for e in manifest["tasks"]:
+        assert e["sha256"] == emu.log_sha256("job-big", e["task_id"])

@@ -109,6 +109,11 @@ def test_demo_runs_and_cleans_up(tmp_path):
     assert 1 <= len(streamed) <= demo.STREAMED_SHOWN * len(demo.plans(tmp_path, None)), out[-4000:]
     assert re.search(r"Log links pushed to XCom \([1-9]\d*\)", out), out[-4000:]
     assert "expires at" in out
+    # The failure alert also went to the emulator's SMN topic, and the demo shows what it received.
+    assert "Failure alerts published to the emulator's SMN topic (1)" in out, out[-4000:]
+    assert f"Topic: {demo.SMN_TOPIC_URN}" in out
+    assert "| RuntimeError: CUDA out of memory" in out
+    assert "SMS subscribers receive (1 part(s)): Airflow example_modelarts_failure_alert:" in out
     assert "Demo finished" in out
 
 
@@ -218,3 +223,64 @@ def test_alert_mail_shown_as_text_keeps_links_and_traceback():
     )
     assert "worker-0 <http://127.0.0.1:1/l?a=1&Signature=s> until T" in text
     assert "in <module>" in text and "x < y" in text
+
+
+def test_console_lines_are_never_cut_inside_a_path_or_a_hash():
+    sha = "68e74359" * 8
+    path = "file:///" + "/".join(["deep-folder-name"] * 30) + "/demo-train-ok/manifest.json"
+    line = (
+        "2026-01-01T00:00:00Z [info     ] demo-train-ok/worker-0: archived 4.0 MiB to "
+        f"{path} in 0.1s (73.2 MB/s), sha256 {sha}, 1 connection(s), 0 restart(s) "
+        "[airflow_provider_modelarts.transfer] loc=x"
+    )
+    shown = demo.summarise(line)
+    assert shown is not None
+    assert len(shown) <= demo.MAX_SHOWN + 10
+    # Whatever is shown is whole words of the message, and a cut is marked.
+    words = shown.strip().removesuffix(" …").split(" ")
+    message = line.split("] ", 1)[1].split(" [airflow_provider", maxsplit=1)[0]
+    assert words == message.split(" ")[: len(words)]
+    assert shown.endswith(" …")
+    short = demo.summarise(line.replace(path, "file:///a/worker-0.log"))
+    assert short is not None and short.endswith("0 restart(s)") and sha in short
+
+
+@pytest.mark.parametrize(
+    ("size", "rate", "shown"),
+    [
+        ("4.0 MiB", "73.2", True),
+        ("1.1 GiB", "900.0", True),
+        ("12.5 KiB", "0.1", False),
+        ("37 B", "0.0", False),
+    ],
+)
+def test_throughput_shown_only_for_logs_of_a_mebibyte_or_more(size, rate, shown):
+    line = (
+        f"2026-01-01T00:00:00Z [info     ] job/worker-0: archived {size} to file:///a/w.log in 0.1s "
+        f"({rate} MB/s), sha256 ab, 1 connection(s), 0 restart(s) [airflow_provider_modelarts.transfer] loc=x"
+    )
+    out = demo.summarise(line)
+    assert out is not None
+    assert (f"({rate} MB/s)" in out) is shown
+    assert "MB/s" in out or "in 0.1s, sha256 ab" in out
+
+
+def test_smn_messages_are_shown_in_the_demo_style():
+    import io
+
+    out = io.StringIO()
+    message = {
+        "topic_urn": "urn:smn:cn-north-4:p:t",
+        "subject": "job j is Failed",
+        "message_id": "m-1",
+        "message": None,
+        "message_structure": {"default": "line 1\n\nline 2", "sms": "short"},
+        "sms": {"parts": 1, "delivered": "short", "truncated": False},
+    }
+    demo.show_smn(demo.Progress(out), [message])
+    text = out.getvalue()
+    assert "Failure alerts published to the emulator's SMN topic (1)" in text
+    assert "Topic: urn:smn:cn-north-4:p:t  Subject: job j is Failed" in text
+    assert "  | line 1\n" in text and "  | line 2\n" in text
+    assert "[sms] (5 bytes)" in text
+    assert "SMS subscribers receive (1 part(s)): short" in text

@@ -88,6 +88,7 @@ def test_after_training_dag(migrated_home, emulator_factory, tmp_path):
 
 def test_failure_alert_dag_sends_mail_with_fresh_link_and_tail(migrated_home, emulator_factory, smtp_server):
     emu = emulator_factory(SCENARIO)
+    topic = f"urn:smn:{emu.region}:{emu.project_id}:modelarts-alerts"
     result = dags_test(
         home_env(
             migrated_home,
@@ -96,6 +97,7 @@ def test_failure_alert_dag_sends_mail_with_fresh_link_and_tail(migrated_home, em
                 "AIRFLOW_CONN_SMTP_DEFAULT": smtp_server.connection_json(),
                 "MODELARTS_TRAINING_JOB_ID": "demo-train-fail",
                 "MODELARTS_ALERT_EMAIL": "ml-team@example.com",
+                "MODELARTS_ALERT_SMN_TOPIC_URN": topic,
                 "MODELARTS_POLL_INTERVAL": "1",
             },
         ),
@@ -122,3 +124,14 @@ def test_failure_alert_dag_sends_mail_with_fresh_link_and_tail(migrated_home, em
     response = requests.get(log_url, timeout=10)
     assert response.status_code == 200
     assert "CUDA out of memory" in response.text
+    # The same failure also went to the SMN topic, signed with the connection's AK/SK.
+    [published] = emu.smn.messages()
+    assert published["topic_urn"] == topic
+    assert published["subject"].endswith("training job demo-train-fail is Failed")
+    default = published["message_structure"]["default"]
+    assert "RuntimeError: CUDA out of memory" in default
+    assert "Task worker-0: exit code 1" in default
+    sms = published["message_structure"]["sms"]
+    assert sms.startswith("Airflow example_modelarts_failure_alert: ModelArts job demo-train-fail is Failed.")
+    assert published["sms"]["truncated"] is False
+    assert "message_id" in output

@@ -230,7 +230,13 @@ def test_sigkill_mid_stream_then_rerun_is_complete(emulator_factory, monkeypatch
     # No manifest survived the kill, so nothing may be skipped as "already archived".
     assert rerun.tasks and not any(t.skipped for t in rerun.tasks), rerun.tasks
     final_files = sorted(p.name for p in job_dir.iterdir() if not p.name.startswith("."))
-    assert final_files == ["manifest.json", "worker-0.log", "worker-1.log"]
+    assert final_files == [
+        "manifest.json",
+        "worker-0.log",
+        "worker-0.log.record.json",
+        "worker-1.log",
+        "worker-1.log.record.json",
+    ]
     for task in tasks:
         final = job_dir / f"{task}.log"
         assert _sha256_file(final) == emu.log_sha256("job-kill", task)

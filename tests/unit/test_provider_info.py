@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import jsonschema
 import pytest
 
 from airflow_provider_modelarts import __version__, get_provider_info
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
 SCHEMA = Path(airflow.__file__).parent / "provider_info.schema.json"
 
@@ -78,3 +80,24 @@ def test_airflow_cli_lists_the_provider_and_its_hook():
     hooks = _airflow_cli("providers", "hooks", "-o", "plain")
     assert "modelarts" in hooks
     assert "airflow_provider_modelarts.hooks.modelarts.ModelArtsHook" in hooks
+
+
+def _readme_connection_extras() -> set[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if line.startswith("| extra ")]
+    return {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+
+
+def test_connection_form_readme_table_and_parser_agree():
+    (conn,) = get_provider_info()["connection-types"]
+    documented = _readme_connection_extras()
+    assert "obs_endpoint" in documented
+    assert documented == set(conn["conn-fields"]), "README connection table vs conn-fields"
+    assert ModelArtsHook.get_ui_field_behaviour() == conn["ui-field-behaviour"]
+
+
+def test_documentation_url_is_set():
+    from airflow.providers_manager import ProvidersManager
+
+    info = ProvidersManager().providers["airflow-provider-modelarts"]
+    assert info.data["documentation-url"] == "https://pypi.org/project/airflow-provider-modelarts/"

@@ -17,7 +17,6 @@ import requests_mock
 import urllib3
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_modelarts import transfer
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
@@ -67,6 +66,8 @@ class DroppingBody:
         chunk = self.data[self.pos : end]
         self.pos += len(chunk)
         return chunk
+
+    read1 = read
 
     @property
     def closed(self) -> bool:
@@ -226,11 +227,11 @@ def test_expired_link_gets_a_fresh_link_and_resumes_with_range(dest, tmp_path, c
 
 def test_repeated_drops_resume_at_the_right_offsets(dest, tmp_path):
     data = make_log(1_000_000)
-    # urllib3 loses a partly filled read buffer when the connection breaks, so drops are chunk-aligned here
+    # every byte that arrived before a drop is kept, even the one byte of the third connection
     script = [("drop", 4096 * 25), ("drop", 4096 * 61), ("drop", 1), "ok"]
     with FakeObs({"worker-0": data}, script=script) as obs:
         res = run_one(obs, dest, chunk_size=4096)
-    assert [g["range"] for g in obs.gets] == [None, "bytes=102400-", "bytes=352256-", "bytes=352256-"]
+    assert [g["range"] for g in obs.gets] == [None, "bytes=102400-", "bytes=352256-", "bytes=352257-"]
     assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert obs.bytes_served <= len(data) + 1
@@ -249,14 +250,14 @@ def test_range_ignored_restarts_the_file_cleanly(dest, tmp_path, caplog):
     data = make_log(400_000)
     with (
         FakeObs({"worker-0": data}, script=[("drop", 150_000), "ignore_range"]) as obs,
-        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.transfer"),
+        caplog.at_level(logging.WARNING, logger="airflow_provider_modelarts.archiving.log_copy"),
     ):
         res = run_one(obs, dest, chunk_size=10_000)
     assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == data
     assert res.sha256 == hashlib.sha256(data).hexdigest()
     assert res.size == len(data)
     assert res.restarts == 1
-    assert "ignored the Range request" in caplog.text
+    assert "ignored Range" in caplog.text
     assert files_under(tmp_path / "archive") == ["job-1/worker-0.log"]
 
 
@@ -373,7 +374,7 @@ def test_job_archive_writes_layout_and_manifest(dest, tmp_path):
         res = archiver.archive(job_body(phase="Failed", tasks=logs))
     assert obs.sources_made <= 3
     assert files_under(tmp_path / "archive") == ["job-1/manifest.json"] + [
-        f"job-1/{t}.log" for t in sorted(logs)
+        f"job-1/{t}.log{suffix}" for t in sorted(logs) for suffix in ("", ".record.json")
     ]
     manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
     assert manifest["phase"] == "Failed" and manifest["complete"] is True
@@ -445,8 +446,17 @@ def test_one_failed_task_fails_the_job_but_keeps_the_rest(dest, tmp_path):
         with pytest.raises(ModelArtsLogTransferError, match="worker-1"):
             archiver.archive(job_body(tasks=logs))
     manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
-    assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0"]
-    assert files_under(tmp_path / "archive") == ["job-1/manifest.json", "job-1/worker-0.log"]
+    assert manifest["complete"] is False
+    by_task = {e["task_id"]: e for e in manifest["tasks"]}
+    assert by_task["worker-0"]["complete"] is True
+    assert by_task["worker-1"]["complete"] is False and "Giving up" in by_task["worker-1"]["error"]
+    assert "Signature" not in json.dumps(manifest)
+    assert files_under(tmp_path / "archive") == [
+        "job-1/manifest.json",
+        "job-1/worker-0.log",
+        "job-1/worker-0.log.record.json",
+        "job-1/worker-1.log.record.json",
+    ]
 
 
 def test_custom_layout_and_gzip(dest, tmp_path):
@@ -458,7 +468,11 @@ def test_custom_layout_and_gzip(dest, tmp_path):
         TrainingJobLogArchiver(obs.source, dest, layout=layout, compression="gzip").archive(
             job_body(tasks=logs)
         )
-    assert files_under(tmp_path / "archive") == ["name-job-1/logs/worker-0.txt.gz", "name-job-1/m.json"]
+    assert files_under(tmp_path / "archive") == [
+        "name-job-1/logs/worker-0.txt.gz",
+        "name-job-1/logs/worker-0.txt.gz.record.json",
+        "name-job-1/m.json",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -537,45 +551,21 @@ def _api_503():
     return ModelArtsApiError("ModelArts answered 503", status_code=503, error_code="ModelArts.0001")
 
 
-def test_link_api_5xx_burst_beyond_hook_retries_is_an_interruption(dest, tmp_path, monkeypatch):
+def test_link_api_error_after_the_hooks_retries_fails_at_once(dest, tmp_path):
+    """Transport retries are the hook's: a 5xx that outlasted them is not retried again by the archive."""
     data = make_log(400_000)
-    sleeps: list[float] = []
-    monkeypatch.setattr(transfer.time, "sleep", sleeps.append)
-    errors = [_api_503(), ModelArtsTransportError("connection refused"), _api_503()]
     with FakeObs({"worker-0": data}, script=[("drop", 150_000)]) as obs:
-        src = FlakyLinkSource(obs, errors)
-        res = archive_task_log(
-            src,
-            "job-1",
-            "worker-0",
-            dest / "job-1" / "worker-0.log",
-            phase="Completed",
-            retry_wait=0.5,
-            chunk_size=16 * 1024,
-        )
-    assert (tmp_path / "archive" / "job-1" / "worker-0.log").read_bytes() == data
-    assert res.sha256 == hashlib.sha256(data).hexdigest()
-    assert src.calls == 5 and res.attempts == 2
-    assert obs.gets[0]["range"] is None and obs.gets[1]["range"] == "bytes=147456-"  # resumed, not restarted
-    assert sleeps == [0.5, 1.0, 2.0]  # exponential backoff between the failed link requests
-
-
-def test_link_api_errors_use_up_the_attempt_budget(dest, tmp_path):
-    data = make_log(200_000)
-    with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
-        src = FlakyLinkSource(obs, [_api_503() for _ in range(20)])
-        with pytest.raises(ModelArtsLogTransferError, match="after 4 interruptions") as ei:
+        src = FlakyLinkSource(obs, [_api_503(), _api_503()])
+        with pytest.raises(ModelArtsApiError, match="503"):
             archive_task_log(
                 src,
                 "job-1",
                 "worker-0",
                 dest / "job-1" / "worker-0.log",
                 phase="Completed",
-                max_attempts=3,
-                retry_wait=0,
+                chunk_size=16 * 1024,
             )
-    assert "503" in str(ei.value)
-    assert src.calls == 4  # first link + 3 failed refreshes (the 4th interruption gives up)
+    assert src.calls == 2  # the first link, then the refresh after the drop: refused, no more
     assert files_under(tmp_path / "archive") == []
 
 
@@ -585,21 +575,20 @@ def test_link_api_errors_use_up_the_attempt_budget(dest, tmp_path):
         ModelArtsAuthError("denied", status_code=403, error_code="ModelArts.0003"),
         ModelArtsApiError("not found", status_code=404),
         ModelArtsAuthError("unauthorised", status_code=401),
+        ModelArtsTransportError("connection refused"),
     ],
 )
-def test_link_api_non_retryable_errors_fail_at_once(dest, tmp_path, error):
+def test_link_api_errors_fail_at_once(dest, tmp_path, error):
     data = make_log(200_000)
     with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
         src = FlakyLinkSource(obs, [error, _api_503()])
         with pytest.raises(type(error)):
-            archive_task_log(
-                src, "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed", retry_wait=0
-            )
+            archive_task_log(src, "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed")
     assert src.calls == 2
     assert files_under(tmp_path / "archive") == []
 
 
-def test_log_store_5xx_after_hook_retries_is_an_interruption(dest, tmp_path):
+def test_log_store_5xx_after_hook_retries_fails_at_once(dest, tmp_path):
     data = make_log(200_000)
 
     class Flaky503Store(FakeSource):
@@ -612,18 +601,17 @@ def test_log_store_5xx_after_hook_retries_is_an_interruption(dest, tmp_path):
             return super().open_log_stream(url, offset=offset, timeout=timeout)
 
     with FakeObs({"worker-0": data}, script=[("drop", 60_000)]) as obs:
-        res = archive_task_log(
-            Flaky503Store(obs),
-            "job-1",
-            "worker-0",
-            dest / "job-1" / "worker-0.log",
-            phase="Completed",
-            retry_wait=0,
-            chunk_size=16 * 1024,
-        )
-        assert obs.links == 3  # after the drop, and again after the 503
-    assert res.sha256 == hashlib.sha256(data).hexdigest()
-    assert [g["range"] for g in obs.gets] == [None, "bytes=49152-"]
+        with pytest.raises(ModelArtsApiError, match="503"):
+            archive_task_log(
+                Flaky503Store(obs),
+                "job-1",
+                "worker-0",
+                dest / "job-1" / "worker-0.log",
+                phase="Completed",
+                chunk_size=16 * 1024,
+            )
+        assert obs.links == 2
+    assert files_under(tmp_path / "archive") == []
 
 
 class _SpyFile:
@@ -651,7 +639,7 @@ def _direct_flag(staged) -> bool:
 def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_back(tmp_path):
     import mmap
 
-    from airflow_provider_modelarts.transfer import DIRECT_IO_ALIGN, StagedObject
+    from airflow_provider_modelarts.archiving.staging import DIRECT_IO_ALIGN, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/d.log"))
     try:
@@ -671,9 +659,9 @@ def test_local_staging_writes_aligned_blocks_around_the_page_cache_then_falls_ba
 
 
 def test_local_staging_uses_the_page_cache_on_network_and_memory_file_systems(tmp_path, monkeypatch):
-    from airflow_provider_modelarts import transfer
+    from airflow_provider_modelarts.archiving import staging as transfer
 
-    for fs_type in (0x6969, 0x01021994, 0x65735546, None):  # NFS, tmpfs, FUSE, unknown
+    for fs_type in ("nfs4", "tmpfs", "fuse.sshfs", None):
         monkeypatch.setattr(transfer, "_fs_type", lambda path, t=fs_type: t)
         staged = transfer.StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/n.log"))
         try:
@@ -688,9 +676,9 @@ def test_local_staging_uses_the_page_cache_on_network_and_memory_file_systems(tm
 def test_local_staging_opens_without_direct_io_when_the_kernel_refuses_it(tmp_path, monkeypatch):
     import errno
 
-    from airflow_provider_modelarts import transfer
+    from airflow_provider_modelarts.archiving import staging as transfer
 
-    monkeypatch.setattr(transfer, "_fs_type", lambda path: 0xEF53)
+    monkeypatch.setattr(transfer, "_fs_type", lambda path: "ext4")
     real_open = os.open
 
     def no_direct(path, flags, *args):
@@ -710,7 +698,7 @@ def test_local_staging_opens_without_direct_io_when_the_kernel_refuses_it(tmp_pa
 
 
 def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tmp_path):
-    from airflow_provider_modelarts.transfer import DIRECT_IO_ALIGN, StagedObject
+    from airflow_provider_modelarts.archiving.staging import DIRECT_IO_ALIGN, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/e.log"))
     # A bytes object's data is never page-aligned, so the kernel refuses it for direct I/O (EINVAL).
@@ -725,7 +713,7 @@ def test_local_staging_refused_direct_write_is_written_through_the_page_cache(tm
 
 
 def test_local_staging_writes_reach_the_file_at_once_in_slices(tmp_path):
-    from airflow_provider_modelarts.transfer import LOCAL_WRITE_SLICE, StagedObject
+    from airflow_provider_modelarts.archiving.staging import LOCAL_WRITE_SLICE, StagedObject
 
     staged = StagedObject(ObjectStoragePath(f"file://{tmp_path}/out/w.log"))
     staged._fh = spy = _SpyFile(staged._fh)

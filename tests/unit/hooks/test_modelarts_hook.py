@@ -14,7 +14,7 @@ import requests
 import requests_mock as rm
 import tenacity
 
-from airflow_provider_modelarts import auth
+from airflow_provider_modelarts import auth, redaction
 from airflow_provider_modelarts.auth import TOKEN_CACHE, IamToken
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
@@ -71,8 +71,10 @@ def _token_conn(**extra):
 @pytest.fixture(autouse=True)
 def _clean_token_cache():
     TOKEN_CACHE.clear()
+    redaction.LINKS.clear()
     yield
     TOKEN_CACHE.clear()
+    redaction.LINKS.clear()
 
 
 @pytest.fixture
@@ -704,7 +706,7 @@ class TestMasking:
         token = "STS/token+value=="
         link = LOG_LINK + "&x-obs-security-token=" + requests.utils.quote(token, safe="")
         requests_mock.get(f"{JOB_URL}/tasks/worker-0/logs/url", json={"obs_url": link})
-        with mock.patch.object(hook_module, "mask_secret") as mask:
+        with mock.patch.object(redaction, "mask_secret") as mask:
             hook.get_task_log_url("job-1", "worker-0")
         masked = {c.args[0] for c in mask.call_args_list}
         encoded = requests.utils.quote(SIGNATURE, safe="")

@@ -120,3 +120,40 @@ def test_stored_job_reads_the_db_outside_a_task(monkeypatch):
     monkeypatch.setattr(links_module.XCom, "get_value", mock.Mock(side_effect=RuntimeError("no supervisor")))
     monkeypatch.setattr(links_module, "_read_xcom_from_db", lambda ti_key: STORED)
     assert ModelArtsTrainingJobConsoleLink().get_link(None, ti_key=TI_KEY) == STORED["console_url"]
+
+
+class _LiveOperator:
+    """The operator object the worker passes to ``get_link`` at task end (it declares the attribute)."""
+
+    modelarts_link_data = None
+    modelarts_conn_id = "my_conn"
+
+
+@pytest.mark.parametrize("link_class", [ModelArtsTrainingJobConsoleLink, ModelArtsTaskLogPreviewLink])
+def test_link_of_a_task_that_stored_nothing_is_empty_without_reading_xcom(monkeypatch, link_class):
+    """A task that failed before reading the job must not make the supervisor log 'XCom not found'."""
+    read = mock.Mock(side_effect=AssertionError("XCom read"))
+    monkeypatch.setattr(links_module.XCom, "get_value", read)
+    monkeypatch.setattr(links_module, "_read_xcom_from_db", read)
+    assert link_class().get_link(_LiveOperator(), ti_key=TI_KEY) == ""
+    read.assert_not_called()
+
+
+def test_link_of_a_task_that_stored_its_job_comes_from_the_operator(monkeypatch):
+    read = mock.Mock(side_effect=AssertionError("XCom read"))
+    monkeypatch.setattr(links_module.XCom, "get_value", read)
+    operator, ti = _LiveOperator(), mock.MagicMock()
+    persist_training_job_links(
+        {"ti": ti, "task": operator}, training_job_id="job-1", console_url="https://console.example/job-1"
+    )
+    assert (
+        ModelArtsTrainingJobConsoleLink().get_link(operator, ti_key=TI_KEY) == "https://console.example/job-1"
+    )
+    ti.xcom_push.assert_called_once()  # the API server still finds it in XCom
+    read.assert_not_called()
+
+
+def test_endpoint_only_connection_stores_no_console_link():
+    operator, ti = _LiveOperator(), mock.MagicMock()
+    persist_training_job_links({"ti": ti, "task": operator}, training_job_id="job-1", console_url="")
+    assert ModelArtsTrainingJobConsoleLink().get_link(operator, ti_key=TI_KEY) == ""

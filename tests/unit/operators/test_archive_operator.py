@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from unittest import mock
 
 import pytest
@@ -175,15 +176,49 @@ def test_unknown_task_id_lists_available_tasks(obs, tmp_path):
     [
         ("ftp2://host/x", "scheme 'ftp2' is not supported"),
         ("relative/dir", "relative path"),
+        ("./dir", "relative path"),
         ("", "destination must be"),
         (42, "destination must be"),
+        # two slashes: "tmp" is the URI's host, and ObjectStoragePath would write to ./archive/x
+        ("file://tmp/archive", r"names 'tmp' as the host.*file:///tmp/archive"),
+        ("file://archive-host/x", r"names 'archive-host' as the host.*three slashes"),
+        ("~/archive", r"uses '~', which is not expanded.*absolute path"),
+        ("file://~/archive", "uses '~'"),
+        ("file:///~/archive", "uses '~'"),
+        ("file:archive", "not an absolute file URI"),
+        ("s3:///prefix", r"no bucket.*s3://bucket/prefix"),
+        ("obs://bucket/prefix?versionId=1", "query or fragment"),
+        ("/data/archive#x", "query or fragment"),
+        ("file:///data/../archive", r"'\.\.' segments"),
     ],
 )
-def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, destination, match):
+def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, monkeypatch, destination, match):
+    monkeypatch.chdir(tmp_path)
     op, hook = make_op(obs, ["Completed"], tmp_path, destination=destination)
     with pytest.raises(ModelArtsValidationError, match=match):
         op.execute(context())
     assert hook.status_calls == 0
+    assert obs.links == 0
+    assert list(tmp_path.iterdir()) == [], "nothing may be written anywhere, the cwd included"
+
+
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        ("file://localhost{root}", "file://{root}"),
+        ("file:{root}", "file://{root}"),
+        ("{root}", "file://{root}"),
+        ("  file://{root}  ", "file://{root}"),
+    ],
+)
+def test_unambiguous_local_destinations_mean_the_absolute_path(obs, tmp_path, destination, expected):
+    root = f"{tmp_path}/archive"
+    op, _ = make_op(
+        obs, ["Completed"], tmp_path, destination=destination.format(root=root), task_ids=["worker-0"]
+    )
+    result = op.execute(context())
+    assert result["tasks"][0]["uri"] == expected.format(root=root) + "/job-1/worker-0.log"
+    assert (tmp_path / "archive" / "job-1" / "worker-0.log").stat().st_size == len(LOGS["worker-0"])
 
 
 @pytest.mark.parametrize(
@@ -199,6 +234,10 @@ def test_bad_destination_is_rejected_before_any_call(obs, tmp_path, destination,
         {"max_attempts": -1},
         {"chunk_size": 0},
         {"chunk_size": True},
+        {"stall_window": 0},
+        {"stall_window": "60"},
+        {"stall_min_rate": -1},
+        {"stall_min_rate": True},
     ],
 )
 def test_bad_arguments_are_rejected(obs, tmp_path, kwargs):
@@ -253,16 +292,16 @@ def test_each_worker_thread_gets_its_own_hook(obs, tmp_path):
     assert 1 <= len(made) <= 2
 
 
-def test_retry_wait_sets_the_backoff_after_link_errors(tmp_path, monkeypatch):
-    from airflow_provider_modelarts import transfer
+def test_link_errors_after_the_hooks_retries_fail_the_task_without_a_second_retry_loop(tmp_path, monkeypatch):
+    from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
     from tests.unit.test_transfer import FlakyLinkSource, _api_503
 
     sleeps: list[float] = []
-    monkeypatch.setattr(transfer.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     with FakeObs({"worker-0": LOGS["worker-0"]}, script=[("drop", 100_000)]) as fake_obs:
         op, _ = make_op(fake_obs, ["Completed"], tmp_path, task_ids=["worker-0"], retry_wait=2.5)
         source = FlakyLinkSource(fake_obs, [_api_503(), _api_503()])
         op.new_hook = lambda: source  # type: ignore[method-assign]
-        result = op.execute(context())
-    assert result["tasks"][0]["sha256"] == hashlib.sha256(LOGS["worker-0"]).hexdigest()
-    assert sleeps == [2.5, 5.0]
+        with pytest.raises(ModelArtsLogTransferError, match="503"):
+            op.execute(context())
+    assert source.calls == 2 and sleeps == []

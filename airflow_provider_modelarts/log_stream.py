@@ -53,6 +53,7 @@ LINK_REFRESH_MARGIN = 30.0
 STATE_STORE_KEY = "modelarts_log_stream"
 STATE_VERSION = 1
 _MAX_WORKERS = 4096
+_NO_LOG_YET = frozenset({"Creating", "Pending"})
 
 
 def format_line(worker: str, raw: bytes) -> str:
@@ -411,6 +412,9 @@ class _StreamerBase:
         return isinstance(err, ModelArtsAuthError) and err.status_code == 403
 
     def _workers(self, job: dict[str, Any]) -> list[str]:
+        status = job.get("status") if isinstance(job, dict) else None
+        if isinstance(status, dict) and status.get("phase") in _NO_LOG_YET:
+            return []  # no log to read before the job runs (ModelArts answers NotReadyToFetchLog)
         return select_stream_workers(job, self.stream_log_tasks)
 
 

@@ -251,3 +251,22 @@ def test_reschedule_pokes_resume_from_the_store_or_mark_the_repeat(emulator_fact
         assert len(markers) >= 5  # one per poke: every repeat is announced
         assert set(numbers(lines)) == set(range(1, COUNT + 1))  # nothing lost
         assert len(numbers(lines)) > COUNT  # but lines repeat, bounded by one poke's window
+
+
+def test_nothing_is_read_before_the_job_runs(emulator_factory, monkeypatch):
+    emu = emulator_factory({"jobs": []})
+    emu.add_job({**job(), "timeline": [{"phase": "Pending", "at": 0}, {"phase": "Running", "at": 100}]})
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
+    hook = ModelArtsHook(max_retries=0)
+    lines: list[str] = []
+    streamer = LogStreamer(
+        hook=hook,
+        training_job_id="job-live",
+        state=None,
+        stream_log_tasks=None,
+        max_bytes=65536,
+        emit=lines.append,
+    )
+    emu.reset_counters()
+    streamer.poll(hook.get_training_job("job-live"))
+    assert lines == [] and emu.counters["log_url"] == 0 and emu.counters["obs_get"] == 0

@@ -45,7 +45,10 @@ def get_provider_info() -> dict:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_modelarts.triggers.modelarts"],
+                "python-modules": [
+                    "airflow_provider_modelarts.triggers.modelarts",
+                    "airflow_provider_modelarts.triggers.events",
+                ],
             }
         ],
         "filesystems": ["airflow_provider_modelarts.fs.obs"],

@@ -71,6 +71,7 @@ class EmulatedJob:
     terminated_at: float | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     end_reason: str | None = None
+    visible_from: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def entry_at(self, now: float) -> TimelineEntry:
@@ -281,6 +282,10 @@ def build_job(
         growth_seconds=float(raw.get("growth_seconds", DEFAULT_GROWTH_SECONDS)),
         events=[dict(e) for e in raw.get("events") or [] if isinstance(e, dict)],
         end_reason=str(raw["end_reason"]) if raw.get("end_reason") else None,
+        # A job created later in the scenario (created_at > 0) is not listed or found before then.
+        visible_from=base_time + max(float(raw.get("created_at", 0)), 0.0)
+        if "create_time" not in raw
+        else 0.0,
     )
 
 

@@ -37,6 +37,7 @@ from airflow_provider_modelarts.emulator.scenario import (
     build_job,
     load_scenario,
 )
+from airflow_provider_modelarts.emulator.searches import SearchRejected, search_training_jobs, visible
 from airflow_provider_modelarts.emulator.signing import (
     SignatureError,
     obs_signature,
@@ -548,7 +549,7 @@ class ModelArtsEmulator:
 
     def _get_job(self, job_id: str) -> EmulatedJob:
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or not visible(job, self.now()):
             raise _Reject(404, "ModelArts.2775", f"Training job (ID: {job_id}) not found.")
         return job
 
@@ -566,85 +567,11 @@ class ModelArtsEmulator:
 
     def _search(self, body: bytes) -> dict[str, Any]:
         try:
-            doc = json.loads(body or b"{}")
-        except ValueError:
-            raise _Reject(400, "ModelArts.2787", "InvalidJsonBody") from None
-        if not isinstance(doc, dict):
-            raise _Reject(400, "ModelArts.2787", "InvalidJsonBody")
-        offset = doc.get("offset", 0)
-        limit = doc.get("limit", 10)
-        if not isinstance(offset, int) or offset < 0:
-            raise _Reject(400, "ModelArts.2788", "InvalidParam(offset): must be an integer >= 0")
-        if not isinstance(limit, int) or not 1 <= limit <= 50:
-            raise _Reject(400, "ModelArts.2788", "InvalidParam(limit): must be an integer from 1 to 50")
-        sort_by = str(doc.get("sort_by") or "create_time")
-        order = str(doc.get("order") or "desc")
-        if order not in ("asc", "desc"):
-            raise _Reject(400, "ModelArts.2788", "InvalidParam(order): must be asc or desc")
-        now = self.now()
-        rows = [(job, self._job_body(job, now)) for job in list(self._jobs.values())]
-        for flt in doc.get("filters") or []:
-            rows = [row for row in rows if self._match_filter(flt, row[1])]
-        sort_keys = {
-            "create_time": lambda row: row[1]["metadata"]["create_time"],
-            "name": lambda row: row[1]["metadata"]["name"],
-            "duration": lambda row: row[1]["status"]["duration"],
-            "phase": lambda row: row[1]["status"]["phase"],
-        }
-        if sort_by not in sort_keys:
-            raise _Reject(400, "ModelArts.2788", f"InvalidParam(sort_by): unsupported value {sort_by}")
-        rows.sort(key=sort_keys[sort_by], reverse=order == "desc")
-        page = rows[offset * limit : (offset + 1) * limit]
-        return {
-            "total": len(rows),
-            "count": len(page),
-            "limit": limit,
-            "offset": offset,
-            "sort_by": sort_by,
-            "order": order,
-            "group_by": str(doc.get("group_by") or ""),
-            "workspace_id": str(doc.get("workspace_id") or "0"),
-            "ai_project": "default-ai-project",
-            "items": [row[1] for row in page],
-        }
-
-    @staticmethod
-    def _match_filter(flt: Any, body: dict[str, Any]) -> bool:
-        if not isinstance(flt, dict):
-            raise _Reject(400, "ModelArts.2788", "InvalidParam(filters)")
-        key = flt.get("key")
-        operator = flt.get("operator")
-        values = flt.get("value")
-        if not isinstance(values, list):
-            raise _Reject(400, "ModelArts.2788", "InvalidParam(filters.value): must be a list of strings")
-        fields = {
-            "phase": body["status"]["phase"],
-            "name": body["metadata"]["name"],
-            "create_time": body["metadata"]["create_time"],
-            "kind": body["kind"],
-            "algorithm_name": body["algorithm"]["name"],
-            "user_name": body["metadata"]["user_name"],
-        }
-        if key not in fields:
-            raise _Reject(400, "ModelArts.2788", f"InvalidParam(filters.key): unsupported key {key}")
-        actual = fields[key]
-        if operator == "in":
-            return str(actual) in [str(v) for v in values]
-        if operator == "not":
-            return str(actual) not in [str(v) for v in values]
-        if operator == "like":
-            return any(str(v).lower() in str(actual).lower() for v in values)
-        if operator == "between":
-            try:
-                low, high = (int(v) for v in values)
-            except (TypeError, ValueError):
-                raise _Reject(
-                    400, "ModelArts.2788", "InvalidParam(filters): between needs two integers"
-                ) from None
-            return isinstance(actual, int) and low <= actual <= high
-        raise _Reject(
-            400, "ModelArts.2788", f"InvalidParam(filters.operator): unsupported operator {operator}"
-        )
+            return search_training_jobs(
+                body, list(self._jobs.values()), now=self.now(), job_body=self._job_body
+            )
+        except SearchRejected as err:
+            raise _Reject(err.status, err.error_code, err.error_msg) from None
 
     def _log_url(
         self, job: EmulatedJob, task: EmulatedTask, headers: dict[str, str], query: list[tuple[str, str]]

@@ -1883,6 +1883,43 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         payload, response = await self._api_json(call)
         return self._expect_dict(call, payload, response.status_code)
 
+    async def search_training_jobs(
+        self,
+        *,
+        filters: list[dict[str, Any]] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        sort_by: str = "create_time",
+        order: str = "desc",
+    ) -> dict[str, Any]:
+        """One page of ``POST /v2/{project_id}/training-job-searches``; ``items`` is checked to be a list.
+
+        :param filters: ``[{key, operator, value: [str]}]`` as documented for the search API.
+        :param offset: the page index (not a row offset), 0 or more.
+        :param limit: jobs per page, 1-50.
+        :param sort_by: the sort field, e.g. ``create_time``.
+        :param order: ``asc`` or ``desc``.
+        """
+        self._validate_list_args(limit)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ModelArtsValidationError(f"offset must be an integer >= 0, got {offset!r}")
+        if order not in ("asc", "desc"):
+            raise ModelArtsValidationError(f"order must be 'asc' or 'desc', got {order!r:.40}")
+        body: dict[str, Any] = {"offset": offset, "limit": limit, "sort_by": sort_by, "order": order}
+        if filters:
+            body["filters"] = filters
+        call = self._api_call(await self.get_config(), "list_training_jobs", json_body=body)
+        payload, response = await self._api_json(call)
+        page = self._expect_dict(call, payload, response.status_code)
+        if not isinstance(page.get("items") or [], list):
+            raise ModelArtsResponseError(
+                "ModelArts job search answered with 'items' that is not a list",
+                status_code=response.status_code,
+                method=call.method,
+                path=call.path,
+            )
+        return page
+
     async def get_task_log_url(
         self, training_job_id: str, task_id: str, download: bool = False, *, mask: bool = True
     ) -> str:

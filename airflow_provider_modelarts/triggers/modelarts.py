@@ -20,6 +20,7 @@ from airflow_provider_modelarts.exceptions import (
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
 from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer
 from airflow_provider_modelarts.states import TrainingJobPhase
+from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger  # noqa: F401 - re-exported
 
 DEFAULT_SUCCESS_PHASES: tuple[str, ...] = (TrainingJobPhase.COMPLETED.value,)
 DEFAULT_FAILURE_PHASES: tuple[str, ...] = (

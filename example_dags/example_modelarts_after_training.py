@@ -1,8 +1,10 @@
 """Wait for a ModelArts training job without holding a worker slot, use its log links, then archive the logs.
 
-1. ``wait_for_training`` (deferrable sensor) waits in the triggerer; when the job is terminal it pushes
-   one fresh log link per worker under the XCom key ``log_urls`` (``{task_id: {"url", "type",
-   "expires_at"}}``).
+1. ``wait_for_training`` (deferrable sensor) waits in the triggerer and, while the job runs, streams each
+   new line of the workers' logs into its own task log (``[worker-0] <line>``); when the job is terminal
+   it pushes one fresh log link per worker under the XCom key ``log_urls`` (``{task_id: {"url", "type",
+   "expires_at"}}``). If the job fails, the task log ends with a failure digest (exit codes, end
+   reason, latest events, the last log lines of each failed worker).
 2. ``download_logs`` pulls those links and downloads each log before the links expire (about five
    minutes), reporting size, sha256 and the last line.
 3. ``archive_logs`` copies every worker log to object storage with a manifest.
@@ -51,6 +53,9 @@ with DAG(
         deferrable=True,
         poke_interval=POLL_INTERVAL,
         timeout=6 * 60 * 60,
+        # Live logs in this task's log while the job runs: the first worker and any that fail.
+        stream_logs=True,
+        stream_log_tasks=None,
     )
     # [END howto_sensor_modelarts_training_job_deferrable]
 

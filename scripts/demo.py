@@ -288,6 +288,10 @@ _EXCEPTION = re.compile(
 )
 
 
+_STREAMED = re.compile(r"^\s*\[worker-\d+\] ")
+STREAMED_SHOWN = 4
+
+
 MAX_SHOWN = 300
 """Longest message shown on the console; longer ones end at a space with an ellipsis (the log keeps all)."""
 _RATE = re.compile(r"archived (?P<size>\d+ B|[\d.]+ KiB) to .* in [\d.]+s(?P<rate> \([\d.]+ MB/s\))")
@@ -356,6 +360,7 @@ def run_dag(
 
         threading.Thread(target=pump, name=f"{plan.dag_id}-stdout", daemon=True).start()
         started = last_output = time.monotonic()
+        streamed = 0
         while True:
             try:
                 line = lines.get(timeout=1)
@@ -366,6 +371,13 @@ def run_dag(
             if line:
                 log.write(line)
                 if shown := summarise(line):
+                    if _STREAMED.match(shown):
+                        # Live log lines streamed by the sensor: show a few, the rest stay in the log.
+                        streamed += 1
+                        if streamed > STREAMED_SHOWN:
+                            if streamed == STREAMED_SHOWN + 1:
+                                progress.line(f"    ... more streamed log lines in {log_path}")
+                            continue
                     progress.line(f"  {shown}")
                     last_output = time.monotonic()
             now = time.monotonic()

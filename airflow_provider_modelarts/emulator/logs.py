@@ -235,9 +235,13 @@ def make_log_source(spec: object, base_dir: Path | None = None) -> LogSource:
         return TextLog(spec)
     if not isinstance(spec, dict):
         raise ValueError(f"log must be a string or a mapping, not {type(spec).__name__}")
-    keys = set(spec) & {"text", "file", "generate"}
+    keys = set(spec) & {"text", "file", "generate", "lines"}
     if len(keys) != 1:
-        raise ValueError("log needs exactly one of 'text', 'file' or 'generate'")
+        raise ValueError("log needs exactly one of 'text', 'file', 'generate' or 'lines'")
+    if "lines" in spec:
+        from airflow_provider_modelarts.emulator.live import make_paced_log
+
+        return make_paced_log(spec["lines"])
     if "text" in spec:
         return TextLog(str(spec["text"]))
     if "file" in spec:

@@ -69,6 +69,8 @@ class EmulatedJob:
     node_count: int = 1
     growth_seconds: float = DEFAULT_GROWTH_SECONDS
     terminated_at: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    end_reason: str | None = None
     visible_from: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -136,6 +138,12 @@ class EmulatedJob:
         :param task: one of the job's tasks.
         :param now: unix time in seconds.
         """
+        size_after = getattr(task.log, "size_after", None)
+        if size_after is not None:  # a log that grows line by line at its own rate
+            start, end = self.running_start(), self.terminal_time()
+            if end is not None and now >= end:
+                return task.log.size
+            return 0 if start is None or now < start else int(size_after(now - start))
         return int(task.log.size * self.log_fraction(now))
 
     def task(self, task_id: str) -> EmulatedTask | None:
@@ -154,12 +162,12 @@ class EmulatedJob:
         :param now: unix time in seconds.
         """
         elapsed = now - self.base_time
-        fraction = self.log_fraction(now)
+        sizes = [self.log_size_at(task, now) for task in self.tasks]
         self.timeline = [e for e in self.timeline if e.at <= elapsed]
         self.timeline.append(TimelineEntry("Terminated", elapsed))
         self.terminated_at = now
-        for task in self.tasks:
-            task.log = _Truncated(task.log, int(task.log.size * fraction))
+        for task, size in zip(self.tasks, sizes, strict=True):
+            task.log = _Truncated(task.log, size)
             task.exit_code = 137
             task.message = "terminated by user"
 
@@ -272,6 +280,8 @@ def build_job(
         spec=copy.deepcopy(raw.get("spec") or {}),
         node_count=int(raw.get("node_count", len(tasks))),
         growth_seconds=float(raw.get("growth_seconds", DEFAULT_GROWTH_SECONDS)),
+        events=[dict(e) for e in raw.get("events") or [] if isinstance(e, dict)],
+        end_reason=str(raw["end_reason"]) if raw.get("end_reason") else None,
         # A job created later in the scenario (created_at > 0) is not listed or found before then.
         visible_from=base_time + max(float(raw.get("created_at", 0)), 0.0)
         if "create_time" not in raw

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
+from airflow_provider_modelarts.emulator.live import end_reason, list_events
 from airflow_provider_modelarts.emulator.logs import LogSource
 from airflow_provider_modelarts.emulator.ratelimit import (
     THROTTLE_CODE,
@@ -502,7 +503,7 @@ class ModelArtsEmulator:
         if started and start is not None:
             record: dict[str, Any] = {"start_at": int(start), "start_type": "init_or_rescheduled"}
             if end is not None:
-                record.update({"end_at": int(end), "end_reason": f"job {phase.lower()}"})
+                record.update({"end_at": int(end), "end_reason": end_reason(job, phase)})
             status["running_records"] = [record]
         algorithm = {
             "id": f"algo-{job.id}",
@@ -723,6 +724,8 @@ class ModelArtsEmulator:
             return "tasks"
         if tail == ["actions"] and method == "POST":
             return "actions"
+        if tail == ["events"] and method == "GET":
+            return "events"
         if len(tail) == 4 and tail[0] == "tasks" and tail[2] == "logs" and method == "GET":
             return {"url": "log_url", "preview": "preview"}.get(tail[3])
         return None
@@ -793,7 +796,18 @@ class ModelArtsEmulator:
             )
         elif kind == "actions":
             handler.send_json(200, self._action(job, body))
+        elif kind == "events":
+            try:
+                handler.send_json(200, list_events(job, self.now(), query))
+            except ValueError as err:
+                raise _Reject(400, "ModelArts.2788", str(err)) from None
         elif kind == "log_url":
+            if self.knobs.refuse_log_url:
+                raise _Reject(
+                    403,
+                    "ModelArts.0108",
+                    "You are not authorized to perform the (modelarts:trainJob:logExport) operation.",
+                )
             handler.send_json(200, self._log_url(job, self._get_task(job, rest[3]), headers, query))
         elif kind == "preview":
             handler.send_json(200, self._preview(job, self._get_task(job, rest[3])))

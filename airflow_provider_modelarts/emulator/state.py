@@ -13,6 +13,7 @@ COUNTER_KINDS = (
     "preview",
     "tasks",
     "actions",
+    "events",
     "iam_token",
     "obs_get",
     "rejected_auth",
@@ -42,6 +43,8 @@ class Knobs:
         and the token stops being valid.
     :param latency: seconds added before answering each ModelArts API call.
     :param ignore_range: answer Range requests with 200 and the whole object.
+    :param refuse_log_url: answer ``/logs/url`` with 403 ``ModelArts.0108`` (the identity lacks
+        ``modelarts:trainJob:logExport``), as for a read-only user.
     """
 
     link_ttl: float = 300
@@ -54,6 +57,7 @@ class Knobs:
     expire_token_once: bool = False
     latency: float = 0.0
     ignore_range: bool = False
+    refuse_log_url: bool = False
 
 
 class Counters(Mapping[str, int]):

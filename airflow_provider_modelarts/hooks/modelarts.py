@@ -78,6 +78,7 @@ ENDPOINTS: dict[str, tuple[str, str]] = {
     "stop_training_job": ("POST", _JOB + "/actions"),
     "get_task_log_url": ("GET", _JOB + "/tasks/{task_id}/logs/url"),
     "preview_task_log": ("GET", _JOB + "/tasks/{task_id}/logs/preview"),
+    "list_training_job_events": ("GET", _JOB + "/events"),
 }
 
 DEFAULT_TIMEOUT = 30.0
@@ -920,6 +921,28 @@ class _ModelArtsBase:
             content_type="application/octet-stream" if download else "text/plain",
         )
 
+    @classmethod
+    def _events_call(
+        cls,
+        config: ModelArtsConnectionConfig,
+        training_job_id: str,
+        level: str | None,
+        limit: int,
+        order: str,
+    ) -> _Call:
+        if level is not None and level not in _EVENT_LEVELS:
+            raise ModelArtsValidationError(f"level must be one of {_EVENT_LEVELS}, got {level!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise ModelArtsValidationError(f"limit must be an integer from 1 to 100, got {limit!r}")
+        if order not in ("asc", "desc"):
+            raise ModelArtsValidationError(f"order must be 'asc' or 'desc', got {order!r}")
+        params: list[tuple[str, Any]] = [("limit", limit), ("offset", 0), ("order", order)]
+        if level is not None:
+            params.append(("level", level))
+        return cls._api_call(
+            config, "list_training_job_events", training_job_id=training_job_id, params=params
+        )
+
     @staticmethod
     def _token_call(config: ModelArtsConnectionConfig) -> _Call:
         request = build_token_request(
@@ -1502,6 +1525,47 @@ class ModelArtsHook(BaseHook, _ModelArtsBase):
         session.headers["User-Agent"] = USER_AGENT
         return session
 
+    def read_log_range(self, url: str, *, start: int, length: int) -> dict[str, Any]:
+        """Read at most ``length`` bytes of a log link from byte ``start`` (``Range: bytes=start-end``).
+
+        :param url: a link from :meth:`get_task_log_url`.
+        :param start: first byte wanted.
+        :param length: most bytes wanted.
+        :return: ``{"data", "start", "total"}``: the bytes, the offset of their first byte (0 when the
+            server ignored ``Range`` and sent the whole object) and the log size if known. A start at
+            or past the end gives no data.
+        :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
+        """
+        call = _range_call(url, start, length, self.config.log_link_hosts)
+        try:
+            response = self._send(call, stream=True)
+        except ModelArtsApiError as err:
+            if err.status_code == 416:
+                return {"data": b"", "start": start, "total": None}
+            raise
+        with response:
+            first, total = _content_range(response.status_code, response.headers.get("Content-Range"))
+            wanted = length if first is not None else start + length
+            data = response.raw.read(wanted, decode_content=True) or b""
+        if first is None:
+            total = total if total is not None else _int_header(response.headers.get("Content-Length"))
+            first = 0
+        return {"data": data, "start": first, "total": total}
+
+    def get_training_job_events(
+        self, training_job_id: str, *, level: str | None = None, limit: int = 10, order: str = "desc"
+    ) -> list[dict]:
+        """Events of a training job (``GET .../events``): ``[{"message", "level", "time", "source"}]``.
+
+        :param training_job_id: the job id.
+        :param level: ``Info``, ``Warning`` or ``Error``; None for all.
+        :param limit: 1 to 100 events.
+        :param order: ``desc`` (newest first) or ``asc``.
+        """
+        call = self._events_call(self.config, training_job_id, level, limit, order)
+        payload, response = self._api_json(call)
+        return _event_list(call, payload, response.status_code)
+
     def console_url(self, training_job_id: str) -> str:
         """Link to the job in the ModelArts console of the connection's region (no network).
 
@@ -1546,6 +1610,68 @@ def _obs_call(url: str, offset: int) -> _Call:
         authenticated=False,
         error_kind="obs",
     )
+
+
+def _range_call(url: str, start: int, length: int, link_hosts: tuple[str, ...]) -> _Call:
+    for name, value, low in (("start", start, 0), ("length", length, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ModelArtsValidationError(f"{name} must be an integer >= {low}, got {value!r}")
+    valid = _absolute_http_url(url)
+    if valid is None:
+        raise ModelArtsValidationError("url must be an absolute http(s) URL")
+    parts = urlsplit(valid)
+    if parts.username is not None or parts.password is not None:
+        raise ModelArtsValidationError("a log link must not carry user:password@ credentials")
+    _check_link_host(valid, link_hosts)
+    # Not masked here: the link comes from get_task_log_url, and errors name only its path.
+    # Identity encoding: byte offsets count the log's own bytes, not a compressed body's.
+    return _Call(
+        method="GET",
+        url=valid,
+        path=parts.path or "/",
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "identity",
+            "Range": f"bytes={start}-{start + length - 1}",
+        },
+        authenticated=False,
+        error_kind="obs",
+    )
+
+
+_CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def _int_header(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _content_range(status: int, value: str | None) -> tuple[int | None, int | None]:
+    """``(first byte, total size)`` of a 206 answer; ``(None, None)`` for a whole-object 200."""
+    match = _CONTENT_RANGE_RE.fullmatch((value or "").strip()) if status == 206 else None
+    if match is None:
+        return None, None
+    total = match.group(3)
+    return int(match.group(1)), (int(total) if total != "*" else None)
+
+
+_EVENT_LEVELS = ("Info", "Warning", "Error")
+
+
+def _event_list(call: _Call, payload: Any, status: int) -> list[dict]:
+    events = payload.get("events") if isinstance(payload, dict) else None
+    if not isinstance(events, list):
+        raise ModelArtsResponseError(
+            f"ModelArts {call.method} {call.path} answered without an events list",
+            status_code=status,
+            method=call.method,
+            path=call.path,
+        )
+    return [
+        {k: str(e.get(k) or "") for k in ("message", "level", "time", "source")}
+        for e in events
+        if isinstance(e, dict)
+    ]
 
 
 def _check_link_host(url: str, patterns: tuple[str, ...]) -> None:
@@ -1794,12 +1920,17 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
             )
         return page
 
-    async def get_task_log_url(self, training_job_id: str, task_id: str, download: bool = False) -> str:
+    async def get_task_log_url(
+        self, training_job_id: str, task_id: str, download: bool = False, *, mask: bool = True
+    ) -> str:
         """A temporary OBS link to a task's log; its signature is masked.
 
         :param training_job_id: the job id.
         :param task_id: the task id.
         :param download: a download link instead of a preview link.
+        :param mask: register the signature with the secret masker. Only a caller that keeps the link
+            in memory and never logs or raises it may pass False: in a long-lived triggerer every
+            registered secret stays for good and makes each later registration and log line slower.
         """
         call = self._log_url_call(await self.get_config(), training_job_id, task_id, download)
         payload, response = await self._api_json(call)
@@ -1807,9 +1938,42 @@ class ModelArtsAsyncHook(BaseHook, _ModelArtsBase):
         url = self._log_url_from(
             call, payload, response.status_code, response.headers.get("X-Request-Id"), secrets.append
         )
-        for secret in secrets:
+        for secret in secrets if mask else []:
             await _amask(secret)
         return url
+
+    async def preview_task_log(self, training_job_id: str, task_id: str) -> dict:
+        """The last (up to 5 MB) of a task's log: ``{"content", "current_size", "full_size"}``.
+
+        :param training_job_id: the job id.
+        :param task_id: the task id.
+        """
+        config = await self.get_config()
+        call = self._api_call(config, "preview_task_log", training_job_id=training_job_id, task_id=task_id)
+        payload, response = await self._api_json(call)
+        return self._preview_from(call, payload, response.status_code)
+
+    async def get_training_job_events(
+        self, training_job_id: str, *, level: str | None = None, limit: int = 10, order: str = "desc"
+    ) -> list[dict]:
+        """Events of a training job; see :meth:`ModelArtsHook.get_training_job_events`."""
+        call = self._events_call(await self.get_config(), training_job_id, level, limit, order)
+        payload, response = await self._api_json(call)
+        return _event_list(call, payload, response.status_code)
+
+    async def read_log_range(self, url: str, *, start: int, length: int) -> dict[str, Any]:
+        """Read at most ``length`` bytes of a log link from byte ``start``; see :meth:`ModelArtsHook.read_log_range`."""
+        call = _range_call(url, start, length, (await self.get_config()).log_link_hosts)
+        try:
+            response = await self._send(call)
+        except ModelArtsApiError as err:
+            if err.status_code == 416:
+                return {"data": b"", "start": start, "total": None}
+            raise
+        first, total = _content_range(response.status_code, response.headers.get("Content-Range"))
+        if first is None:
+            return {"data": response.content[: start + length], "start": 0, "total": len(response.content)}
+        return {"data": response.content[:length], "start": first, "total": total}
 
     async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
         """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.

@@ -73,7 +73,8 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
     When called (e.g. as ``on_failure_callback`` of a task or a DAG) it fetches the job, a fresh
     temporary log link per task and the last ``tail_lines`` lines of each task's log (preview API),
     stores them in the context as ``context["modelarts"] = {"training_job_id", "phase", "log_urls",
-    "log_tails", "console_url", "errors", "summary"}`` and then renders and calls the wrapped
+    "log_tails", "console_url", "digest", "errors", "summary"}`` (``digest``: the failure digest of
+    a failed job, see :mod:`airflow_provider_modelarts.digest`, or None) and then renders and calls the wrapped
     ``notifier`` (any :class:`BaseNotifier`, e.g. ``SmtpNotifier``, whose templates can use
     ``{{ modelarts.log_urls }}`` or ``{{ modelarts.summary }}``). Without a wrapped notifier the
     summary is written to the log.
@@ -130,8 +131,30 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
 
         return ModelArtsHook(self.modelarts_conn_id)
 
-    def collect(self) -> dict[str, Any]:
-        """Gather the job's phase, fresh links and log tails; failures become entries in ``errors``."""
+    def _failure_digest(self, job: dict[str, Any], known: Any) -> dict[str, Any] | None:
+        """The failure digest: the one the sensor's exception carries, else built now for a failed job."""
+        from airflow_provider_modelarts.digest import DEFAULT_PART_TIMEOUT, build_failure_digest
+        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+
+        if isinstance(known, dict) and known.get("training_job_id") == self.training_job_id:
+            return known
+        phase = (job.get("status") or {}).get("phase")
+        if phase not in ("Failed", "Abnormal", "Terminated"):
+            return None
+        return build_failure_digest(
+            job,
+            training_job_id=self.training_job_id,
+            hook_factory=lambda: ModelArtsHook(
+                self.modelarts_conn_id, max_retries=0, timeout=DEFAULT_PART_TIMEOUT
+            ),
+            tail_lines=min(max(int(self.tail_lines), 0), 500),
+        ).to_dict()
+
+    def collect(self, known_digest: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Gather the job's phase, fresh links, log tails and failure digest; failures become ``errors``.
+
+        :param known_digest: a digest already built (``ModelArtsTrainingJobFailed.digest``), reused.
+        """
         job_id = self.training_job_id
         info: dict[str, Any] = {
             "training_job_id": job_id,
@@ -140,6 +163,7 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
             "log_urls": {},
             "log_tails": {},
             "task_statuses": [],
+            "digest": None,
             "errors": [],
         }
         errors: list[str] = info["errors"]
@@ -152,6 +176,10 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
             return info
         status = job.get("status") or {}
         info["phase"] = status.get("phase")
+        try:
+            info["digest"] = self._failure_digest(job, known_digest)
+        except Exception as e:
+            errors.append(f"no failure digest: {e}")
         info["task_statuses"] = [s for s in status.get("task_statuses") or [] if isinstance(s, dict)]
         task_ids = list(self.task_ids) if self.task_ids else [str(t) for t in status.get("tasks") or []]
         if not task_ids:
@@ -195,10 +223,14 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
             lines.append(tail)
         for error in info["errors"]:
             lines.append(f"NOTE: {error}")
+        if info.get("digest"):
+            from airflow_provider_modelarts.digest import FailureDigest
+
+            lines.append(FailureDigest(**info["digest"]).render())
         return "\n".join(lines)
 
     def notify(self, context: Context) -> None:
-        info = self.collect()
+        info = self.collect(getattr(context.get("exception"), "digest", None))
         info["summary"] = self.summarize(info)
         context["modelarts"] = info  # type: ignore[typeddict-unknown-key]
         if self.notifier is None:

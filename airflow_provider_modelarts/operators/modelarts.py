@@ -18,6 +18,14 @@ from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTrainingJobConsoleLink,
     persist_training_job_links,
 )
+from airflow_provider_modelarts.log_stream import (
+    DEFAULT_STREAM_MAX_BYTES,
+    ContextLogStream,
+    LogStreamState,
+    load_stream_state,
+    save_stream_state,
+    validate_stream_args,
+)
 from airflow_provider_modelarts.states import TERMINAL_PHASES, TrainingJobPhase
 from airflow_provider_modelarts.transfer import (
     CHUNK_SIZE,
@@ -136,6 +144,11 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         tolerated per log.
     :param retry_wait: no longer used (transport retries are the hook's alone); kept for compatibility.
     :param chunk_size: bytes read at a time.
+    :param stream_logs: while waiting for the job, show each new line of the streamed workers' logs in
+        this task's log as ``[worker-0] <line>`` (see docs/sensor.md, "Live logs").
+    :param stream_log_tasks: workers to stream; by default the first worker plus every worker that
+        exits with a non-zero code.
+    :param stream_max_bytes: most bytes shown per worker per poll; the rest is skipped with a marker line.
     :param stall_window: seconds over which a log link's rate is measured.
     :param stall_min_rate: bytes per second below which a window is a stall (fresh link, resume);
         ``0`` disables the check.
@@ -175,11 +188,17 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_wait: float = DEFAULT_RETRY_WAIT,
         chunk_size: int = CHUNK_SIZE,
+        stream_logs: bool = True,
+        stream_log_tasks: list[str] | None = None,
+        stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
         stall_window: float = DEFAULT_STALL_WINDOW,
         stall_min_rate: float = DEFAULT_STALL_MIN_RATE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.stream_logs = stream_logs
+        self.stream_log_tasks = stream_log_tasks
+        self.stream_max_bytes = stream_max_bytes
         self.training_job_id = training_job_id
         self.destination = destination
         self.destination_conn_id = destination_conn_id
@@ -226,6 +245,11 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsValidationError(f"poll_interval must be a number >= 0, got {self.poll_interval!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ModelArtsValidationError(f"timeout must be None or a number > 0, got {self.timeout!r}")
+        validate_stream_args(
+            stream_logs=self.stream_logs,
+            stream_log_tasks=self.stream_log_tasks,
+            stream_max_bytes=self.stream_max_bytes,
+        )
         for name, least in (("max_workers", 1), ("max_attempts", 0), ("chunk_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -297,8 +321,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         phase = self._phase(job)
         if self.wait_for_completion and not phase.is_terminal:
             if self.deferrable:
-                self._defer(phase)
-            job = self._wait(job, phase)
+                self._defer(phase, context)
+            job = self._wait(job, phase, context)
         return self._archive(context, job, destination, layout, task_ids)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -309,6 +333,10 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             raise ModelArtsError(
                 f"Training job {self.training_job_id}: waiting failed ({event.get('status')}): "
                 f"{event.get('message') or 'no message'}"
+            )
+        if self.stream_logs and isinstance(event.get("log_stream_state"), dict):
+            save_stream_state(
+                context, self.training_job_id, LogStreamState.from_dict(event["log_stream_state"])
             )
         destination, layout, task_ids = self._validate()
         job = self.hook.get_training_job(self.training_job_id)
@@ -330,7 +358,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             (job.get("status") or {}).get("phase"), training_job_id=self.training_job_id
         )
 
-    def _defer(self, phase: TrainingJobPhase) -> None:
+    def _defer(self, phase: TrainingJobPhase, context: Context | None = None) -> None:
         from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
 
         self.log.info(
@@ -347,13 +375,33 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
                 end_time=time.time() + self.timeout if self.timeout else None,
                 success_phases=sorted(p.value for p in TERMINAL_PHASES),
                 failure_phases=[],
+                stream_logs=self.stream_logs,
+                stream_log_tasks=self.stream_log_tasks,
+                stream_max_bytes=self.stream_max_bytes,
+                log_stream_state=(
+                    load_stream_state(context, self.training_job_id)[0]
+                    if self.stream_logs and context is not None
+                    else None
+                ),
             ),
             method_name="execute_complete",
         )
 
-    def _wait(self, job: dict[str, Any], phase: TrainingJobPhase) -> dict[str, Any]:
+    def _wait(
+        self, job: dict[str, Any], phase: TrainingJobPhase, context: Context | None = None
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + self.timeout if self.timeout else None
         self.log.info("Waiting for training job %s to finish (now %s)", self.training_job_id, phase.value)
+        stream = None
+        if self.stream_logs and context is not None:
+            stream = ContextLogStream(
+                hook=self.hook,
+                training_job_id=self.training_job_id,
+                stream_log_tasks=self.stream_log_tasks,
+                max_bytes=self.stream_max_bytes,
+                emit=lambda line: self.log.info("%s", line),
+            )
+            stream.poll(context, job)
         while not phase.is_terminal:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ModelArtsError(
@@ -369,6 +417,8 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             if new_phase is not phase:
                 self.log.info("Training job %s: %s -> %s", self.training_job_id, phase.value, new_phase.value)
             phase = new_phase
+            if stream is not None:
+                stream.poll(context, job, final=phase.is_terminal)
         return job
 
     def _archive(

@@ -18,11 +18,25 @@ from airflow.providers.common.compat.sdk import (
     mask_secret,
 )
 
-from airflow_provider_modelarts.exceptions import ModelArtsJobFailedError
+from airflow_provider_modelarts.digest import (
+    DEFAULT_DIGEST_TAIL_LINES,
+    DEFAULT_PART_TIMEOUT,
+    FailureDigest,
+    build_failure_digest,
+)
+from airflow_provider_modelarts.exceptions import ModelArtsJobFailedError, ModelArtsValidationError
 from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTaskLogPreviewLink,
     ModelArtsTrainingJobConsoleLink,
     persist_training_job_links,
+)
+from airflow_provider_modelarts.log_stream import (
+    DEFAULT_STREAM_MAX_BYTES,
+    ContextLogStream,
+    LogStreamState,
+    load_stream_state,
+    save_stream_state,
+    validate_stream_args,
 )
 from airflow_provider_modelarts.triggers.modelarts import (
     DEFAULT_FAILURE_PHASES,
@@ -47,7 +61,25 @@ class ModelArtsTrainingJobFailed(ModelArtsJobFailedError, AirflowFailException):
     An :class:`AirflowFailException`, so the sensor fails without retries (looking again at a job
     that has already failed cannot change the answer), and a :class:`ModelArtsJobFailedError`, so
     callbacks find ``training_job_id``, ``phase`` and ``failed_tasks`` on ``context["exception"]``.
+
+    ``digest`` is the failure digest (:meth:`FailureDigest.to_dict`: phase, secondary phase, failed
+    workers, end reason, latest Error/Warning events, log tails, parts not available) or None;
+    ``end_reason`` and ``events`` repeat two of its parts.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        training_job_id: str,
+        phase: str,
+        failed_tasks: list[dict[str, Any]],
+        digest: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, training_job_id=training_job_id, phase=phase, failed_tasks=failed_tasks)
+        self.digest = digest
+        self.end_reason = (digest or {}).get("end_reason")
+        self.events = list((digest or {}).get("events") or [])
 
 
 def training_job_tasks(job: dict[str, Any]) -> list[str]:
@@ -116,6 +148,12 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param enable_log_preview_link: add the extra link that mints a fresh log preview link. Off by
         default: that link opens the log without authentication to anyone who can see the DAG.
+    :param stream_logs: while the job runs, show each new line of the streamed workers' logs in this
+        task's log as ``[worker-0] <line>`` (about one poll interval behind). See docs/sensor.md.
+    :param stream_log_tasks: workers to stream; by default the first worker plus every worker that
+        exits with a non-zero code, which keeps a 64-worker job readable.
+    :param stream_max_bytes: most bytes shown per worker per poll; the rest is skipped with a marker line.
+    :param digest_tail_lines: log lines per failed worker in the failure digest (0 for none).
     """
 
     template_fields: Sequence[str] = (
@@ -141,9 +179,18 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         log_url_type: str = "preview",
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         enable_log_preview_link: bool = False,
+        stream_logs: bool = True,
+        stream_log_tasks: list[str] | None = None,
+        stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
+        digest_tail_lines: int = DEFAULT_DIGEST_TAIL_LINES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.digest_tail_lines = digest_tail_lines
+        self.stream_logs = stream_logs
+        self.stream_log_tasks = stream_log_tasks
+        self.stream_max_bytes = stream_max_bytes
+        self._log_stream: ContextLogStream | None = None
         self.training_job_id = training_job_id
         self.modelarts_conn_id = modelarts_conn_id
         self.success_phases = success_phases
@@ -166,6 +213,36 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             raise ValueError(f"log_url_type must be one of {LOG_URL_TYPES}, not {self.log_url_type!r}")
         if isinstance(self.success_phases, str) or isinstance(self.failure_phases, str):
             raise TypeError("success_phases and failure_phases must be lists of phase names, not strings")
+        if (
+            isinstance(self.digest_tail_lines, bool)
+            or not isinstance(self.digest_tail_lines, int)
+            or not 0 <= self.digest_tail_lines <= 500
+        ):
+            raise ModelArtsValidationError(
+                f"digest_tail_lines must be an integer from 0 to 500, got {self.digest_tail_lines!r}"
+            )
+        validate_stream_args(
+            stream_logs=self.stream_logs,
+            stream_log_tasks=self.stream_log_tasks,
+            stream_max_bytes=self.stream_max_bytes,
+        )
+
+    def _emit_log_line(self, line: str) -> None:
+        self.log.info("%s", line)
+
+    def _stream(self, context: Context, job: dict[str, Any], *, final: bool) -> None:
+        if not self.stream_logs:
+            return
+        if self._log_stream is None:
+            self._log_stream = ContextLogStream(
+                hook=self.hook,
+                training_job_id=self.training_job_id,
+                stream_log_tasks=self.stream_log_tasks,
+                max_bytes=self.stream_max_bytes,
+                emit=self._emit_log_line,
+                fresh_process_per_poll=self.mode == "reschedule",
+            )
+        self._log_stream.poll(context, job, final=final)
 
     def _outcome(self, job: dict[str, Any]) -> JobOutcome:
         return evaluate_training_job(
@@ -189,8 +266,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         outcome = self._outcome(job)
         if outcome.is_done:
             self.log.info("%s; not deferring", outcome.message)
+            self._stream(context, job, final=True)
             return self._finish(context, job, outcome)
         self.log.info("%s; deferring", outcome.message)
+        saved = load_stream_state(context, self.training_job_id)[0] if self.stream_logs else None
         self.defer(
             trigger=ModelArtsTrainingJobTrigger(
                 training_job_id=self.training_job_id,
@@ -199,6 +278,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
                 end_time=time.time() + self.timeout,
                 success_phases=list(self.success_phases),
                 failure_phases=list(self.failure_phases),
+                stream_logs=self.stream_logs,
+                stream_log_tasks=self.stream_log_tasks,
+                stream_max_bytes=self.stream_max_bytes,
+                log_stream_state=saved,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout) + timedelta(minutes=5),
@@ -208,6 +291,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         job = self.hook.get_training_job(self.training_job_id)
         outcome = self._outcome(job)
         self.log.info("%s", outcome.message)
+        self._stream(context, job, final=outcome.is_done)
         if not outcome.is_done:
             return False
         return PokeReturnValue(is_done=True, xcom_value=self._finish(context, job, outcome))
@@ -221,6 +305,10 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         message = event.get("message") or f"trigger ended with status {status!r}"
         if status == "timeout":
             raise AirflowFailException(message)
+        if self.stream_logs and isinstance(event.get("log_stream_state"), dict):
+            save_stream_state(
+                context, self.training_job_id, LogStreamState.from_dict(event["log_stream_state"])
+            )
         if status not in ("success", "failed"):
             raise AirflowException(message)
         # A resumed task runs in a new process: store the links' data again for this one.
@@ -232,6 +320,20 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         )
         job = self.hook.get_training_job(self.training_job_id)
         return self._finish(context, job, self._outcome(job))
+
+    def _digest_hook(self) -> ModelArtsHook:
+        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+
+        # One attempt with a short timeout per part: the digest never delays the failure much.
+        return ModelArtsHook(self.modelarts_conn_id, max_retries=0, timeout=DEFAULT_PART_TIMEOUT)
+
+    def _failure_digest(self, job: dict[str, Any]) -> FailureDigest:
+        return build_failure_digest(
+            job,
+            training_job_id=self.training_job_id,
+            hook_factory=self._digest_hook,
+            tail_lines=self.digest_tail_lines,
+        )
 
     def _finish(self, context: Context, job: dict[str, Any], outcome: JobOutcome) -> dict[str, Any]:
         tasks = training_job_tasks(job)
@@ -251,11 +353,14 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
                 except Exception as e:
                     # The job failure is the news; a missing link must not hide it.
                     self.log.warning("Could not fetch the log links of the failed job: %s", e)
+            digest = self._failure_digest(job)
+            self.log.error("%s", digest.render())
             raise ModelArtsTrainingJobFailed(
-                describe_failure(self.training_job_id, outcome.phase, job),
+                describe_failure(self.training_job_id, outcome.phase, job) + "\n" + digest.render(),
                 training_job_id=self.training_job_id,
                 phase=outcome.phase,
                 failed_tasks=failed_task_statuses(job),
+                digest=digest.to_dict(),
             )
         log_urls = {}
         if self.push_log_urls:

@@ -18,6 +18,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
 )
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
+from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer
 from airflow_provider_modelarts.states import TrainingJobPhase
 from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger  # noqa: F401 - re-exported
 
@@ -172,6 +173,11 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
     :param end_time: epoch seconds after which a ``timeout`` event is sent; ``None`` waits forever.
     :param success_phases: phases that end the wait with ``success``.
     :param failure_phases: phases that end the wait with ``failed``.
+    :param stream_logs: show each new log line of the streamed workers in the task log while waiting;
+        the event then carries ``log_stream_state``, the position reached.
+    :param stream_log_tasks: workers to stream (default: the first and the failed ones).
+    :param stream_max_bytes: most bytes shown per worker per poll.
+    :param log_stream_state: the position to resume streaming from (a ``LogStreamState.to_dict()``).
     """
 
     hook_factory = staticmethod(_default_hook_factory)
@@ -184,8 +190,17 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
         end_time: float | None = None,
         success_phases: list[str] | None = None,
         failure_phases: list[str] | None = None,
+        stream_logs: bool = False,
+        stream_log_tasks: list[str] | None = None,
+        stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
+        log_stream_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.stream_logs = bool(stream_logs)
+        self.stream_log_tasks = list(stream_log_tasks) if stream_log_tasks is not None else None
+        self.stream_max_bytes = int(stream_max_bytes)
+        self.log_stream_state = log_stream_state
+        self._streamer: AsyncLogStreamer | None = None
         self.training_job_id = training_job_id
         self.modelarts_conn_id = modelarts_conn_id
         self.poll_interval = float(poll_interval)
@@ -203,13 +218,53 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
                 "end_time": self.end_time,
                 "success_phases": list(self.success_phases),
                 "failure_phases": list(self.failure_phases),
+                "stream_logs": self.stream_logs,
+                "stream_log_tasks": self.stream_log_tasks,
+                "stream_max_bytes": self.stream_max_bytes,
+                "log_stream_state": self.log_stream_state,
             },
         )
 
     def _event(self, status: str, phase: str | None, message: str) -> TriggerEvent:
-        return TriggerEvent(
-            {"status": status, "training_job_id": self.training_job_id, "phase": phase, "message": message}
+        payload: dict[str, Any] = {
+            "status": status,
+            "training_job_id": self.training_job_id,
+            "phase": phase,
+            "message": message,
+        }
+        if self._streamer is not None:
+            payload["log_stream_state"] = self._streamer.state.to_dict()
+        return TriggerEvent(payload)
+
+    def _start_streaming(self, hook: ModelArtsAsyncHook) -> None:
+        self._streamer = AsyncLogStreamer(
+            hook=hook,
+            training_job_id=self.training_job_id,
+            state=self.log_stream_state,
+            stream_log_tasks=self.stream_log_tasks,
+            max_bytes=self.stream_max_bytes,
+            emit=self._emit_log_line,
         )
+        positions = {w: c.offset for w, c in self._streamer.state.cursors.items()}
+        # Printed each time the trigger starts: after a triggerer restart it appears again, right
+        # before the lines shown since this position, so the repeat is visible.
+        self.log.info(
+            "Streaming the logs of training job %s from byte positions %s",
+            self.training_job_id,
+            positions or "0",
+        )
+
+    def _emit_log_line(self, line: str) -> None:
+        self.log.info("%s", line)
+
+    async def _stream(self, job: dict[str, Any], in_flight: asyncio.Semaphore, *, final: bool) -> None:
+        if self._streamer is None:
+            return
+        try:
+            async with in_flight:
+                await self._streamer.poll(job, final=final)
+        except Exception as e:  # streaming is best effort: it never ends the wait
+            self.log.warning("Could not stream the logs of training job %s: %s", self.training_job_id, e)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -218,6 +273,8 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
             yield self._event("error", None, f"Cannot watch training job {self.training_job_id}: {e}")
             return
         try:
+            if self.stream_logs:
+                self._start_streaming(shared.hook)
             yield await self._wait(shared.hook, shared.in_flight)
         finally:
             await shared_hooks.release(self.modelarts_conn_id)
@@ -255,6 +312,7 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
                 )
             else:
                 phase = outcome.phase
+                await self._stream(job, in_flight, final=outcome.is_done)
                 if outcome.is_done:
                     return self._event(outcome.state, outcome.phase, outcome.message)
                 self.log.debug("%s", outcome.message)

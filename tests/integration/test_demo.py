@@ -104,6 +104,9 @@ def test_demo_runs_and_cleans_up(tmp_path):
     assert len(logs) >= 2, logs  # both workers of the completed job
     assert json.dumps(manifest, indent=2).splitlines()[1] in out
 
+    # A few live log lines streamed by the waiting sensor, then a pointer to the rest.
+    streamed = re.findall(r"^\[\s*[\d.]+s\]\s+\[worker-\d+\] .+$", out, re.MULTILINE)
+    assert 1 <= len(streamed) <= demo.STREAMED_SHOWN * len(demo.plans(tmp_path, None)), out[-4000:]
     assert re.search(r"Log links pushed to XCom \([1-9]\d*\)", out), out[-4000:]
     assert "expires at" in out
     # The failure alert also went to the emulator's SMN topic, and the demo shows what it received.

@@ -60,6 +60,8 @@ class FakeHook:
 
 
 def make_sensor(hook, **kwargs):
+    # Streaming has its own tests (tests/unit/sensors/test_log_streaming.py); these check the rest.
+    kwargs.setdefault("stream_logs", False)
     sensor = ModelArtsTrainingJobSensor(task_id="wait", training_job_id=JOB, **kwargs)
     sensor.hook = hook
     return sensor

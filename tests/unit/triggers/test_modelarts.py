@@ -93,6 +93,10 @@ def test_serialize_round_trip():
         "end_time": 1234.5,
         "success_phases": ["Completed", "Terminated"],
         "failure_phases": [],
+        "stream_logs": False,
+        "stream_log_tasks": None,
+        "stream_max_bytes": 65536,
+        "log_stream_state": None,
     }
     module_name, class_name = classpath.rsplit(".", 1)
     rebuilt = getattr(importlib.import_module(module_name), class_name)(**kwargs)

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelarts.exceptions import ModelArtsValidationError
 from airflow_provider_modelarts.log_stream import format_line
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
 __all__ = [
+    "DEFAULT_DIGEST_DEADLINE",
     "DEFAULT_DIGEST_TAIL_LINES",
+    "DEFAULT_PART_TIMEOUT",
     "FailureDigest",
     "build_failure_digest",
     "failed_workers",
@@ -41,26 +44,19 @@ def _clip(value: Any) -> str:
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
-def failed_workers(job: dict[str, Any]) -> list[dict[str, Any]]:
+def failed_workers(job: TrainingJob | dict[str, Any]) -> list[dict[str, Any]]:
     """``{"task", "exit_code", "message"}`` of each worker that exited with a non-zero code."""
-    status = job.get("status") if isinstance(job, dict) else None
-    entries = (status or {}).get("task_statuses") or [] if isinstance(status, dict) else []
     return [
         {"task": _clip(e.get("task")), "exit_code": e.get("exit_code"), "message": _clip(e.get("message"))}
-        for e in entries
-        if isinstance(e, dict) and e.get("exit_code") not in (0, None)
+        for e in TrainingJob.from_api(job).failed_task_statuses
     ]
 
 
-def _end_reason(job: dict[str, Any]) -> str | None:
-    status = job.get("status") if isinstance(job, dict) else None
-    records = (status or {}).get("running_records") if isinstance(status, dict) else None
-    for record in reversed(records or []):
-        if isinstance(record, dict) and record.get("end_reason"):
-            reason = _clip(record["end_reason"])
-            task = record.get("end_related_task")
-            return f"{reason} (task {_clip(task)})" if task else reason
-    return None
+def _end_reason(job: TrainingJob) -> str | None:
+    if job.end_reason is None:
+        return None
+    reason, task = job.end_reason
+    return f"{_clip(reason)} (task {_clip(task)})" if task else _clip(reason)
 
 
 @dataclass
@@ -131,7 +127,7 @@ def _ready_hook(factory: Callable[[], ModelArtsHook]) -> ModelArtsHook:
 
 
 def build_failure_digest(
-    job: dict[str, Any],
+    job: TrainingJob | dict[str, Any],
     *,
     training_job_id: str,
     hook_factory: Callable[[], ModelArtsHook],
@@ -148,16 +144,16 @@ def build_failure_digest(
     """
     if isinstance(tail_lines, bool) or not isinstance(tail_lines, int) or not 0 <= tail_lines <= 500:
         raise ModelArtsValidationError(f"tail_lines must be an integer from 0 to 500, got {tail_lines!r}")
-    raw_status = job.get("status") if isinstance(job, dict) else None
-    status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+    view = TrainingJob.from_api(job)
+    reported = view.reported_phase
     digest = FailureDigest(
         training_job_id=training_job_id,
-        phase=status.get("phase"),
-        secondary_phase=status.get("secondary_phase"),
-        failed_workers=failed_workers(job),
-        end_reason=_end_reason(job),
+        phase=reported if isinstance(reported, str) else None,
+        secondary_phase=view.secondary_phase,
+        failed_workers=failed_workers(view),
+        end_reason=_end_reason(view),
     )
-    known = {str(t) for t in status.get("tasks") or []}
+    known = set(view.tasks)
     tail_of = [w["task"] for w in digest.failed_workers if w["task"] in known][:_MAX_TAIL_WORKERS]
     parts: dict[str, Callable[[], Any]] = {}
     try:

@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+__all__ = [
+    "ModelArtsApiError",
+    "ModelArtsArchiveDestinationError",
+    "ModelArtsArchiveStoppedError",
+    "ModelArtsAuthError",
+    "ModelArtsConfigError",
+    "ModelArtsError",
+    "ModelArtsJobFailedError",
+    "ModelArtsLogLinkExpiredError",
+    "ModelArtsLogTransferError",
+    "ModelArtsNotFoundError",
+    "ModelArtsResponseError",
+    "ModelArtsTransportError",
+    "ModelArtsTriggerEventError",
+    "ModelArtsUnexpectedJobError",
+    "ModelArtsValidationError",
+    "ModelArtsWaitTimeoutError",
+]
 
 
 class ModelArtsError(AirflowException):
@@ -19,7 +38,19 @@ class ModelArtsConfigError(ModelArtsError, ValueError):
 
 
 class ModelArtsValidationError(ModelArtsError, ValueError):
-    """An argument (job id, task id, destination...) is not acceptable."""
+    """An argument (job id, task id, destination...) or a value of an API body is not acceptable.
+
+    Every public class (hooks, operator, sensor, triggers, notifiers) raises it for a bad argument,
+    before any request is sent. It is a :class:`ValueError` too, so ``except ValueError`` keeps working.
+    """
+
+
+class ModelArtsTriggerEventError(ModelArtsError):
+    """A deferred task resumed with no event, or with an event that ends the wait in error."""
+
+
+class ModelArtsWaitTimeoutError(ModelArtsError, AirflowFailException):
+    """The job did not finish before the wait deadline (``timeout``); the task fails without retries."""
 
 
 class ModelArtsApiError(ModelArtsError):

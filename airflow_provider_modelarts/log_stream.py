@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_modelarts.states import TrainingJobPhase
+from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
@@ -39,6 +41,7 @@ __all__ = [
     "WorkerCursor",
     "format_line",
     "load_stream_state",
+    "save_event_stream_state",
     "save_stream_state",
     "select_stream_workers",
     "validate_stream_args",
@@ -53,7 +56,7 @@ LINK_REFRESH_MARGIN = 30.0
 STATE_STORE_KEY = "modelarts_log_stream"
 STATE_VERSION = 1
 _MAX_WORKERS = 4096
-_NO_LOG_YET = frozenset({"Creating", "Pending"})
+_NO_LOG_YET = frozenset({TrainingJobPhase.CREATING, TrainingJobPhase.PENDING})
 
 
 def format_line(worker: str, raw: bytes) -> str:
@@ -261,24 +264,21 @@ def validate_stream_args(*, stream_logs: Any, stream_log_tasks: Any, stream_max_
         )
 
 
-def select_stream_workers(job: dict[str, Any], requested: Sequence[str] | None) -> list[str]:
+def select_stream_workers(job: TrainingJob | dict[str, Any], requested: Sequence[str] | None) -> list[str]:
     """Which workers to stream.
 
     By default the first worker (rank 0 usually logs the training progress) plus every worker that
     has already exited with a non-zero code, so a 64-worker job stays readable and a failure is
     shown. With ``requested``, the named workers that exist in ``status.tasks``.
     """
-    status = job.get("status") if isinstance(job, dict) else None
-    status = status if isinstance(status, dict) else {}
-    tasks = [str(t) for t in status.get("tasks") or [] if isinstance(t, str)][:_MAX_WORKERS]
+    view = TrainingJob.from_api(job)
+    tasks = list(view.tasks[:_MAX_WORKERS])
     if requested is not None:
         return [t for t in tasks if t in set(requested)]
     chosen = tasks[:1]
-    for entry in status.get("task_statuses") or []:
-        if not isinstance(entry, dict):
-            continue
+    for entry in view.failed_task_statuses:
         task = entry.get("task")
-        if task in tasks and task not in chosen and entry.get("exit_code") not in (0, None):
+        if task in tasks and task not in chosen:
             chosen.append(task)
     return chosen
 
@@ -320,6 +320,14 @@ def save_stream_state(context: Any, training_job_id: str, state: LogStreamState)
     except Exception:
         return False
     return True
+
+
+def save_event_stream_state(context: Any, training_job_id: str, event: Any) -> bool:
+    """Save the position a trigger event carries (``log_stream_state``), if it carries one."""
+    raw = event.get("log_stream_state") if isinstance(event, dict) else None
+    if not isinstance(raw, dict):
+        return False
+    return save_stream_state(context, training_job_id, LogStreamState.from_dict(raw))
 
 
 @dataclass
@@ -411,9 +419,8 @@ class _StreamerBase:
     def _is_refused_link(err: Exception) -> bool:
         return isinstance(err, ModelArtsAuthError) and err.status_code == 403
 
-    def _workers(self, job: dict[str, Any]) -> list[str]:
-        status = job.get("status") if isinstance(job, dict) else None
-        if isinstance(status, dict) and status.get("phase") in _NO_LOG_YET:
+    def _workers(self, job: TrainingJob | dict[str, Any]) -> list[str]:
+        if TrainingJob.from_api(job).phase in _NO_LOG_YET:
             return []  # no log to read before the job runs (ModelArts answers NotReadyToFetchLog)
         return select_stream_workers(job, self.stream_log_tasks)
 
@@ -435,7 +442,7 @@ class LogStreamer(_StreamerBase):
         super().__init__(**kwargs)
         self.hook = hook
 
-    def poll(self, job: dict[str, Any], *, final: bool = False) -> None:
+    def poll(self, job: TrainingJob | dict[str, Any], *, final: bool = False) -> None:
         """Emit what each streamed worker wrote since the last poll; with ``final``, also held lines."""
         for worker in self._workers(job):
             try:
@@ -500,7 +507,7 @@ class AsyncLogStreamer(_StreamerBase):
         super().__init__(**kwargs)
         self.hook = hook
 
-    async def poll(self, job: dict[str, Any], *, final: bool = False) -> None:
+    async def poll(self, job: TrainingJob | dict[str, Any], *, final: bool = False) -> None:
         """Emit what each streamed worker wrote since the last poll; with ``final``, also held lines."""
         for worker in self._workers(job):
             try:
@@ -605,7 +612,7 @@ class ContextLogStream:
             start_at_tail=not has_store and (self.fresh_process_per_poll or retried),
         )
 
-    def poll(self, context: Any, job: dict[str, Any], *, final: bool = False) -> None:
+    def poll(self, context: Any, job: TrainingJob | dict[str, Any], *, final: bool = False) -> None:
         """Show what the streamed workers wrote since the last poll, then save the position."""
         if self.streamer is None:
             self.streamer = self._start(context)

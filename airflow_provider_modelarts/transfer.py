@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_modelarts.archiving.layout import ArchiveLayout, job_identity, job_tasks, plan_paths
+from airflow_provider_modelarts.archiving.layout import ArchiveLayout, job_identity, plan_paths
 from airflow_provider_modelarts.archiving.log_copy import (
     CHUNK_SIZE,
     COMPRESSIONS,
@@ -57,6 +57,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsValidationError,
 )
 from airflow_provider_modelarts.states import TrainingJobPhase
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -78,7 +79,6 @@ __all__ = [
     "TaskArchive",
     "TrainingJobLogArchiver",
     "archive_task_log",
-    "job_tasks",
     "read_manifest",
     "redact_url",
     "write_bytes_atomically",
@@ -195,7 +195,7 @@ class TrainingJobLogArchiver:
 
     def archive(
         self,
-        job: dict[str, Any],
+        job: TrainingJob | dict[str, Any],
         task_ids: Iterable[str] | None = None,
         *,
         training_job_id: str | None = None,
@@ -215,10 +215,11 @@ class TrainingJobLogArchiver:
         :raises ModelArtsArchiveDestinationError: the manifest could not be written (the error names the
             logs that were committed; a re-run finishes the job).
         """
-        identity = job_identity(job, requested=training_job_id, layout=self.layout)
+        view = TrainingJob.from_api(job, requested_id=training_job_id)
+        identity = job_identity(view, requested=training_job_id, layout=self.layout)
         job_id = identity.training_job_id
-        phase = TrainingJobPhase.parse((job.get("status") or {}).get("phase"), training_job_id=job_id)
-        available = job_tasks(job)
+        phase = TrainingJobPhase.parse(view.reported_phase, training_job_id=job_id)
+        available = view.checked_tasks()
         wanted = self._wanted(job_id, available, task_ids)
         rel_paths, manifest_rel = plan_paths(self.layout, identity, available, compression=self.compression)
         targets = {t: self.destination / rel for t, rel in rel_paths.items()}

@@ -14,8 +14,9 @@ from string import Formatter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelarts.archiving.staging import NAME_MAX, STAGING_NAME_OVERHEAD
-from airflow_provider_modelarts.exceptions import ModelArtsUnexpectedJobError, ModelArtsValidationError
+from airflow_provider_modelarts.exceptions import ModelArtsValidationError
 from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -25,7 +26,6 @@ __all__ = [
     "ArchiveLayout",
     "JobIdentity",
     "job_identity",
-    "job_tasks",
     "plan_paths",
 ]
 
@@ -102,55 +102,29 @@ class JobIdentity:
     job_name: str
 
 
-def job_identity(job: Any, *, requested: str | None, layout: ArchiveLayout) -> JobIdentity:
-    """Check ``metadata.id`` and ``metadata.name`` of a job body.
+def job_identity(
+    job: TrainingJob | dict[str, Any], *, requested: str | None, layout: ArchiveLayout
+) -> JobIdentity:
+    """The checked id and name of a job (a body or a :class:`TrainingJob`).
 
-    :param job: the body from ``get_training_job``.
+    :param job: the body from ``get_training_job``, or its view.
     :param requested: the id that was asked for (``None``: not checked against it).
     :param layout: the layout (the name is only checked when a template uses it).
     :raises ModelArtsUnexpectedJobError: the body describes another job.
     :raises ModelArtsValidationError: an id or a name that cannot be a path segment.
     """
-    metadata = job.get("metadata") if isinstance(job, dict) else None
-    if not isinstance(metadata, dict):
+    view = TrainingJob.from_api(job, requested_id=requested)
+    if not view.has_metadata:
         raise ModelArtsValidationError("The training job body has no metadata")
-    raw_id = metadata.get("id")
-    if requested is not None and raw_id != requested:
-        raise ModelArtsUnexpectedJobError(requested=requested, received=str(raw_id))
-    if raw_id is None or raw_id == "":
+    if view.id is None:
         raise ModelArtsValidationError("The training job body has no metadata.id")
-    training_job_id = validate_resource_id(raw_id, "metadata.id of the training job")
-    raw_name = metadata.get("name")
-    if raw_name is None or raw_name == "":
-        job_name = training_job_id
+    if view.name is None:
+        job_name = view.id
     elif layout.uses_job_name:
-        job_name = validate_resource_id(raw_name, "metadata.name of the training job")
+        job_name = validate_resource_id(view.name, "metadata.name of the training job")
     else:
-        job_name = raw_name if isinstance(raw_name, str) else training_job_id
-    return JobIdentity(training_job_id=training_job_id, job_name=job_name)
-
-
-def job_tasks(job: dict[str, Any]) -> list[str]:
-    """Task names (``status.tasks``) of a training job body, checked.
-
-    :raises ModelArtsValidationError: ``status.tasks`` is not a list, or holds a null, a non-string, a
-        name that cannot be a path segment, or the same name twice.
-    """
-    status = job.get("status") if isinstance(job, dict) else None
-    tasks = status.get("tasks") if isinstance(status, dict) else None
-    if tasks is None:
-        return []
-    if not isinstance(tasks, list):
-        raise ModelArtsValidationError(f"status.tasks of the training job is not a list: {tasks!r:.80}")
-    seen: set[str] = set()
-    for index, task in enumerate(tasks):
-        if not isinstance(task, str):
-            raise ModelArtsValidationError(f"status.tasks[{index}] is not a task name: {task!r:.80}")
-        validate_resource_id(task, f"status.tasks[{index}]")
-        if task in seen:
-            raise ModelArtsValidationError(f"status.tasks names task {task!r} twice")
-        seen.add(task)
-    return list(tasks)
+        job_name = view.name
+    return JobIdentity(training_job_id=view.id, job_name=job_name)
 
 
 def _check_relpath(rel: str, what: str) -> str:

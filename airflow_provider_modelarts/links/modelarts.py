@@ -13,15 +13,35 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom
+from airflow.providers.common.compat.sdk import BaseOperatorLink, XCom, mask_secret
+
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
+__all__ = [
+    "LINK_DATA_ATTRIBUTE",
+    "LOG_PREVIEW_LINK_TIMEOUT",
+    "LOG_URL_TYPES",
+    "TRAINING_JOB_XCOM_KEY",
+    "ModelArtsTaskLogPreviewLink",
+    "ModelArtsTrainingJobConsoleLink",
+    "fetch_log_link",
+    "fetch_log_urls",
+    "persist_training_job_links",
+]
+
 log = logging.getLogger(__name__)
+
+LOG_URL_TYPES = ("preview", "download")
+"""Kinds of temporary OBS log link: ``preview`` (text/plain) or ``download`` (attachment)."""
 
 TRAINING_JOB_XCOM_KEY = "modelarts_training_job"
 """XCom key holding ``{"training_job_id", "console_url", "modelarts_conn_id", "task_ids"}``."""
@@ -58,7 +78,7 @@ def persist_training_job_links(
     :param task_ids: the job's worker task ids, if known (the preview link shows the first one).
     """
     task = context.get("task")
-    conn_id = modelarts_conn_id or getattr(task, "modelarts_conn_id", None) or "modelarts_default"
+    conn_id = modelarts_conn_id or getattr(task, "modelarts_conn_id", None) or DEFAULT_CONN_ID
     value = {
         "training_job_id": training_job_id,
         "console_url": console_url,
@@ -68,6 +88,24 @@ def persist_training_job_links(
     context["ti"].xcom_push(key=TRAINING_JOB_XCOM_KEY, value=value)
     if task is not None and hasattr(task, LINK_DATA_ATTRIBUTE):
         setattr(task, LINK_DATA_ATTRIBUTE, value)
+
+
+def fetch_log_link(hook: ModelArtsHook, training_job_id: str, task_id: str, log_url_type: str) -> dict[str, Any]:
+    """Ask ModelArts for one temporary OBS log link, registered with the secret masker.
+
+    :return: ``{"url", "type", "expires_at"}``; ``expires_at`` is ISO 8601 in UTC.
+    """
+    url = hook.get_task_log_url(training_job_id, task_id, download=log_url_type == "download")
+    mask_secret(url)
+    expires_at = hook.log_url_expires_at(url)
+    return {"url": url, "type": log_url_type, "expires_at": expires_at.isoformat()}
+
+
+def fetch_log_urls(
+    hook: ModelArtsHook, training_job_id: str, task_ids: Sequence[str], log_url_type: str
+) -> dict[str, dict[str, Any]]:
+    """One temporary OBS log link per task: ``{task_id: {"url", "type", "expires_at"}}``."""
+    return {task_id: fetch_log_link(hook, training_job_id, task_id, log_url_type) for task_id in task_ids}
 
 
 def _read_xcom_from_db(ti_key: TaskInstanceKey) -> Any:
@@ -153,18 +191,15 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
 
     @staticmethod
     def _fresh_preview_url(stored: dict[str, Any]) -> str:
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         hook = ModelArtsHook(
-            stored.get("modelarts_conn_id") or "modelarts_default",
+            stored.get("modelarts_conn_id") or DEFAULT_CONN_ID,
             max_retries=0,
             timeout=LOG_PREVIEW_LINK_TIMEOUT,
         )
         job_id = stored["training_job_id"]
         task_ids = stored.get("task_ids") or []
         if not task_ids:
-            job = hook.get_training_job(job_id)
-            task_ids = (job.get("status") or {}).get("tasks") or []
+            task_ids = list(TrainingJob.from_api(hook.get_training_job(job_id)).tasks)
         if not task_ids:
             raise LookupError(f"training job {job_id} has no tasks yet")
         return hook.get_task_log_url(job_id, task_ids[0], download=False)

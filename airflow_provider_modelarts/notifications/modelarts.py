@@ -5,13 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import BaseNotifier, mask_secret
+from airflow.providers.common.compat.sdk import BaseNotifier
+
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
+from airflow_provider_modelarts.digest import DEFAULT_PART_TIMEOUT, FailureDigest, build_failure_digest
+from airflow_provider_modelarts.exceptions import ModelArtsValidationError
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+from airflow_provider_modelarts.links.modelarts import LOG_URL_TYPES, fetch_log_link
+from airflow_provider_modelarts.states import DEFAULT_FAILURE_PHASES
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.providers.common.compat.sdk import Context
 
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+__all__ = ["ModelArtsTaskLogsNotifier", "TemplatableDag", "make_context_templatable"]
 
 
 def _sandboxed_env(dag: Any) -> jinja2.Environment:
@@ -61,6 +69,28 @@ def make_context_templatable(context: Context) -> None:
         context["dag"] = TemplatableDag(dag)  # type: ignore[typeddict-item]
 
 
+def _is_template(value: object) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def _check_args(
+    *, training_job_id: Any, notifier: Any, tail_lines: Any, log_url_type: Any, modelarts_conn_id: Any
+) -> None:
+    """Reject bad arguments when the notifier is built; templated values are checked once rendered."""
+    if not isinstance(training_job_id, str) or not training_job_id.strip():
+        raise ModelArtsValidationError(f"training_job_id must be a non-empty string, got {training_job_id!r:.80}")
+    if notifier is not None and not isinstance(notifier, BaseNotifier):
+        raise ModelArtsValidationError(f"notifier must be a BaseNotifier or None, got {type(notifier).__name__}")
+    if not _is_template(tail_lines) and (
+        isinstance(tail_lines, bool) or not isinstance(tail_lines, int) or not 0 <= tail_lines <= 500
+    ):
+        raise ModelArtsValidationError(f"tail_lines must be an integer from 0 to 500, got {tail_lines!r:.80}")
+    if not _is_template(log_url_type) and log_url_type not in LOG_URL_TYPES:
+        raise ModelArtsValidationError(f"log_url_type must be one of {LOG_URL_TYPES}, not {log_url_type!r:.80}")
+    if not isinstance(modelarts_conn_id, str) or not modelarts_conn_id:
+        raise ModelArtsValidationError(f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}")
+
+
 def _tail(text: str, lines: int) -> str:
     if lines <= 0:
         return ""
@@ -100,14 +130,21 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
 
     def __init__(
         self,
+        *,
         training_job_id: str,
         notifier: BaseNotifier | None = None,
-        *,
         task_ids: list[str] | None = None,
-        tail_lines: int = 50,
+        tail_lines: int | str = 50,
         log_url_type: str = "preview",
-        modelarts_conn_id: str = "modelarts_default",
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
     ) -> None:
+        _check_args(
+            training_job_id=training_job_id,
+            notifier=notifier,
+            tail_lines=tail_lines,
+            log_url_type=log_url_type,
+            modelarts_conn_id=modelarts_conn_id,
+        )
         super().__init__()
         self.training_job_id = training_job_id
         self.notifier = notifier
@@ -127,19 +164,13 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
         super().__call__(*args)
 
     def _hook(self) -> ModelArtsHook:
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         return ModelArtsHook(self.modelarts_conn_id)
 
-    def _failure_digest(self, job: dict[str, Any], known: Any) -> dict[str, Any] | None:
+    def _failure_digest(self, job: TrainingJob, known: Any) -> dict[str, Any] | None:
         """The failure digest: the one the sensor's exception carries, else built now for a failed job."""
-        from airflow_provider_modelarts.digest import DEFAULT_PART_TIMEOUT, build_failure_digest
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         if isinstance(known, dict) and known.get("training_job_id") == self.training_job_id:
             return known
-        phase = (job.get("status") or {}).get("phase")
-        if phase not in ("Failed", "Abnormal", "Terminated"):
+        if job.reported_phase not in DEFAULT_FAILURE_PHASES:
             return None
         return build_failure_digest(
             job,
@@ -170,30 +201,22 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
         try:
             hook = self._hook()
             info["console_url"] = hook.console_url(job_id)
-            job = hook.get_training_job(job_id)
+            job = TrainingJob.from_api(hook.get_training_job(job_id))
         except Exception as e:
             errors.append(f"could not read training job {job_id}: {e}")
             return info
-        status = job.get("status") or {}
-        info["phase"] = status.get("phase")
+        info["phase"] = job.reported_phase
         try:
             info["digest"] = self._failure_digest(job, known_digest)
         except Exception as e:
             errors.append(f"no failure digest: {e}")
-        info["task_statuses"] = [s for s in status.get("task_statuses") or [] if isinstance(s, dict)]
-        task_ids = list(self.task_ids) if self.task_ids else [str(t) for t in status.get("tasks") or []]
+        info["task_statuses"] = list(job.task_statuses)
+        task_ids = list(self.task_ids) if self.task_ids else list(job.tasks)
         if not task_ids:
             errors.append(f"training job {job_id} lists no tasks, so there are no logs to link")
         for task_id in task_ids:
             try:
-                url = hook.get_task_log_url(job_id, task_id, download=self.log_url_type == "download")
-                mask_secret(url)
-                expires_at = hook.log_url_expires_at(url)
-                info["log_urls"][task_id] = {
-                    "url": url,
-                    "type": self.log_url_type,
-                    "expires_at": expires_at.isoformat(),
-                }
+                info["log_urls"][task_id] = fetch_log_link(hook, job_id, task_id, self.log_url_type)
             except Exception as e:
                 errors.append(f"no log link for task {task_id}: {e}")
             try:
@@ -224,8 +247,6 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
         for error in info["errors"]:
             lines.append(f"NOTE: {error}")
         if info.get("digest"):
-            from airflow_provider_modelarts.digest import FailureDigest
-
             lines.append(FailureDigest(**info["digest"]).render())
         return "\n".join(lines)
 

@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperator, ObjectStoragePath, conf
 
-import airflow_provider_modelarts.fs.obs  # noqa: F401 - registers the obs:// scheme for ObjectStoragePath
-from airflow_provider_modelarts.exceptions import ModelArtsError, ModelArtsValidationError
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
+from airflow_provider_modelarts.exceptions import ModelArtsValidationError, ModelArtsWaitTimeoutError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTrainingJobConsoleLink,
@@ -21,12 +21,12 @@ from airflow_provider_modelarts.links.modelarts import (
 from airflow_provider_modelarts.log_stream import (
     DEFAULT_STREAM_MAX_BYTES,
     ContextLogStream,
-    LogStreamState,
     load_stream_state,
-    save_stream_state,
+    save_event_stream_state,
     validate_stream_args,
 )
 from airflow_provider_modelarts.states import TERMINAL_PHASES, TrainingJobPhase
+from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.transfer import (
     CHUNK_SIZE,
     COMPRESSIONS,
@@ -36,11 +36,14 @@ from airflow_provider_modelarts.transfer import (
     DEFAULT_STALL_WINDOW,
     ArchiveLayout,
     TrainingJobLogArchiver,
-    job_tasks,
 )
+from airflow_provider_modelarts.triggers.completion import defer_timeout, validate_execute_complete_event
+from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
+
+__all__ = ["ModelArtsArchiveTaskLogsOperator", "check_destination_uri"]
 
 
 _EXAMPLES = "file:///data/archive, s3://bucket/prefix or obs://bucket/prefix"
@@ -133,7 +136,9 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         when the job is still running.
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param poll_interval: seconds between status checks while waiting.
-    :param timeout: seconds to wait for the job to finish before failing; ``None`` waits indefinitely.
+    :param timeout: the wait deadline: seconds to wait for the job to finish (in a worker or deferred)
+        before failing with :class:`~airflow_provider_modelarts.exceptions.ModelArtsWaitTimeoutError`
+        (no retries); ``None`` waits indefinitely. The request timeout is the connection's.
     :param compression: ``None`` or ``"gzip"``.
     :param overwrite: archive again even when the manifest shows an intact archive.
     :param max_workers: task logs copied at the same time.
@@ -175,7 +180,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
         destination: str | ObjectStoragePath,
         destination_conn_id: str | None = None,
         task_ids: list[str] | None = None,
-        modelarts_conn_id: str = ModelArtsHook.default_conn_name,
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 30,
@@ -316,7 +321,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         destination, layout, task_ids = self._validate()
-        job = self.hook.get_training_job(self.training_job_id)
+        job = self._read_job()
         self._persist_links(context, job)
         phase = self._phase(job)
         if self.wait_for_completion and not phase.is_terminal:
@@ -327,40 +332,32 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: archive once the job reached a terminal phase."""
-        if not event:
-            raise ModelArtsError(f"Training job {self.training_job_id}: the trigger sent no event")
-        if event.get("status") != "success":
-            raise ModelArtsError(
-                f"Training job {self.training_job_id}: waiting failed ({event.get('status')}): "
-                f"{event.get('message') or 'no message'}"
-            )
-        if self.stream_logs and isinstance(event.get("log_stream_state"), dict):
-            save_stream_state(
-                context, self.training_job_id, LogStreamState.from_dict(event["log_stream_state"])
-            )
+        if self.stream_logs:
+            save_event_stream_state(context, self.training_job_id, event)
+        validate_execute_complete_event(event, training_job_id=self.training_job_id)
         destination, layout, task_ids = self._validate()
-        job = self.hook.get_training_job(self.training_job_id)
+        job = self._read_job()
         # A resumed task runs in a new process: store the links' data again for this one.
         self._persist_links(context, job)
         return self._archive(context, job, destination, layout, task_ids)
 
-    def _persist_links(self, context: Context, job: dict[str, Any]) -> None:
+    def _read_job(self) -> TrainingJob:
+        body = self.hook.get_training_job(self.training_job_id)
+        return TrainingJob.from_api(body, requested_id=self.training_job_id)
+
+    def _persist_links(self, context: Context, job: TrainingJob) -> None:
         persist_training_job_links(
             context,
             training_job_id=self.training_job_id,
             console_url=self.hook.console_url(self.training_job_id),
             modelarts_conn_id=self.modelarts_conn_id,
-            task_ids=job_tasks(job),
+            task_ids=job.checked_tasks(),
         )
 
-    def _phase(self, job: dict[str, Any]) -> TrainingJobPhase:
-        return TrainingJobPhase.parse(
-            (job.get("status") or {}).get("phase"), training_job_id=self.training_job_id
-        )
+    def _phase(self, job: TrainingJob) -> TrainingJobPhase:
+        return TrainingJobPhase.parse(job.reported_phase, training_job_id=self.training_job_id)
 
     def _defer(self, phase: TrainingJobPhase, context: Context | None = None) -> None:
-        from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
-
         self.log.info(
             "Training job %s is %s; deferring until it finishes (poll every %ss)",
             self.training_job_id,
@@ -385,11 +382,12 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
                 ),
             ),
             method_name="execute_complete",
+            timeout=defer_timeout(self.timeout),
         )
 
     def _wait(
-        self, job: dict[str, Any], phase: TrainingJobPhase, context: Context | None = None
-    ) -> dict[str, Any]:
+        self, job: TrainingJob, phase: TrainingJobPhase, context: Context | None = None
+    ) -> TrainingJob:
         deadline = time.monotonic() + self.timeout if self.timeout else None
         self.log.info("Waiting for training job %s to finish (now %s)", self.training_job_id, phase.value)
         stream = None
@@ -404,7 +402,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             stream.poll(context, job)
         while not phase.is_terminal:
             if deadline is not None and time.monotonic() >= deadline:
-                raise ModelArtsError(
+                raise ModelArtsWaitTimeoutError(
                     f"Timed out after {self.timeout}s waiting for training job {self.training_job_id} to "
                     f"finish; it is still {phase.value}"
                 )
@@ -412,7 +410,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             if deadline is not None:
                 pause = max(0.0, min(pause, deadline - time.monotonic()))
             time.sleep(pause)
-            job = self.hook.get_training_job(self.training_job_id)
+            job = self._read_job()
             new_phase = self._phase(job)
             if new_phase is not phase:
                 self.log.info("Training job %s: %s -> %s", self.training_job_id, phase.value, new_phase.value)
@@ -424,7 +422,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
     def _archive(
         self,
         context: Context,
-        job: dict[str, Any],
+        job: TrainingJob,
         destination: ObjectStoragePath,
         layout: ArchiveLayout,
         task_ids: list[str] | None,

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
-    AirflowException,
     AirflowFailException,
     BaseOperatorLink,
     BaseSensorOperator,
     PokeReturnValue,
     conf,
-    mask_secret,
 )
 
 from airflow_provider_modelarts.digest import (
@@ -24,34 +21,40 @@ from airflow_provider_modelarts.digest import (
     FailureDigest,
     build_failure_digest,
 )
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import ModelArtsJobFailedError, ModelArtsValidationError
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 from airflow_provider_modelarts.links.modelarts import (
+    LOG_URL_TYPES,
     ModelArtsTaskLogPreviewLink,
     ModelArtsTrainingJobConsoleLink,
+    fetch_log_urls,
     persist_training_job_links,
 )
 from airflow_provider_modelarts.log_stream import (
     DEFAULT_STREAM_MAX_BYTES,
     ContextLogStream,
-    LogStreamState,
     load_stream_state,
-    save_stream_state,
+    save_event_stream_state,
     validate_stream_args,
 )
-from airflow_provider_modelarts.triggers.modelarts import (
-    DEFAULT_FAILURE_PHASES,
-    DEFAULT_SUCCESS_PHASES,
-    JobOutcome,
-    ModelArtsTrainingJobTrigger,
-    evaluate_training_job,
-)
+from airflow_provider_modelarts.states import DEFAULT_FAILURE_PHASES, DEFAULT_SUCCESS_PHASES, JobOutcome
+from airflow_provider_modelarts.training_job import TrainingJob
+from airflow_provider_modelarts.triggers.completion import defer_timeout, validate_execute_complete_event
+from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import Context
 
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
+__all__ = [
+    "LOG_URLS_XCOM_KEY",
+    "LOG_URL_TYPES",
+    "ModelArtsTrainingJobFailed",
+    "ModelArtsTrainingJobSensor",
+    "describe_failure",
+    "failed_task_statuses",
+]
 
-LOG_URL_TYPES = ("preview", "download")
 LOG_URLS_XCOM_KEY = "log_urls"
 
 
@@ -82,23 +85,15 @@ class ModelArtsTrainingJobFailed(ModelArtsJobFailedError, AirflowFailException):
         self.events = list((digest or {}).get("events") or [])
 
 
-def training_job_tasks(job: dict[str, Any]) -> list[str]:
-    """The job's worker task ids (``status.tasks``), the ``task_id`` values of the log APIs."""
-    tasks = (job.get("status") or {}).get("tasks") or []
-    return [str(t) for t in tasks]
-
-
-def failed_task_statuses(job: dict[str, Any]) -> list[dict[str, Any]]:
+def failed_task_statuses(job: TrainingJob) -> list[dict[str, Any]]:
     """``status.task_statuses`` entries with a non-zero exit code (all of them if none is non-zero)."""
-    statuses = [s for s in (job.get("status") or {}).get("task_statuses") or [] if isinstance(s, dict)]
-    failed = [s for s in statuses if s.get("exit_code") not in (0, None)]
-    return failed or statuses
+    return job.failed_task_statuses or list(job.task_statuses)
 
 
-def describe_failure(training_job_id: str, phase: str, job: dict[str, Any]) -> str:
+def describe_failure(training_job_id: str, phase: str, job: TrainingJob) -> str:
     """A failure message naming the job, its phase and each failed task's exit code and message."""
     parts = [f"ModelArts training job {training_job_id} ended in phase {phase}"]
-    secondary = (job.get("status") or {}).get("secondary_phase")
+    secondary = job.secondary_phase
     if secondary and secondary != phase:
         parts[0] += f" ({secondary})"
     for status in failed_task_statuses(job):
@@ -107,27 +102,11 @@ def describe_failure(training_job_id: str, phase: str, job: dict[str, Any]) -> s
     return "; ".join(parts)
 
 
-def fetch_log_urls(
-    hook: ModelArtsHook, training_job_id: str, task_ids: Sequence[str], log_url_type: str
-) -> dict[str, dict[str, Any]]:
-    """Ask ModelArts for one temporary OBS log link per task, with its expiry.
-
-    :return: ``{task_id: {"url", "type", "expires_at"}}``; ``expires_at`` is ISO 8601 in UTC.
-    """
-    urls: dict[str, dict[str, Any]] = {}
-    for task_id in task_ids:
-        url = hook.get_task_log_url(training_job_id, task_id, download=log_url_type == "download")
-        mask_secret(url)
-        expires_at = hook.log_url_expires_at(url)
-        urls[task_id] = {"url": url, "type": log_url_type, "expires_at": expires_at.isoformat()}
-    return urls
-
-
 class ModelArtsTrainingJobSensor(BaseSensorOperator):
     """Wait for a ModelArts training job to finish, then push its log links to XCom.
 
     Works in ``poke``, ``reschedule`` and deferrable mode; all three use the same status check
-    (:func:`~airflow_provider_modelarts.triggers.modelarts.evaluate_training_job`). In deferrable mode
+    (:func:`~airflow_provider_modelarts.states.evaluate_phase`). In deferrable mode
     the state is checked once before deferring and the sensor finishes at once if the job is
     already terminal.
 
@@ -172,7 +151,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         self,
         *,
         training_job_id: str,
-        modelarts_conn_id: str = "modelarts_default",
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
         success_phases: Sequence[str] = DEFAULT_SUCCESS_PHASES,
         failure_phases: Sequence[str] = DEFAULT_FAILURE_PHASES,
         push_log_urls: bool = True,
@@ -204,15 +183,17 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> ModelArtsHook:
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         return ModelArtsHook(self.modelarts_conn_id)
 
     def _validate(self) -> None:
         if self.log_url_type not in LOG_URL_TYPES:
-            raise ValueError(f"log_url_type must be one of {LOG_URL_TYPES}, not {self.log_url_type!r}")
+            raise ModelArtsValidationError(
+                f"log_url_type must be one of {LOG_URL_TYPES}, not {self.log_url_type!r}"
+            )
         if isinstance(self.success_phases, str) or isinstance(self.failure_phases, str):
-            raise TypeError("success_phases and failure_phases must be lists of phase names, not strings")
+            raise ModelArtsValidationError(
+                "success_phases and failure_phases must be lists of phase names, not strings"
+            )
         if (
             isinstance(self.digest_tail_lines, bool)
             or not isinstance(self.digest_tail_lines, int)
@@ -230,7 +211,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
     def _emit_log_line(self, line: str) -> None:
         self.log.info("%s", line)
 
-    def _stream(self, context: Context, job: dict[str, Any], *, final: bool) -> None:
+    def _stream(self, context: Context, job: TrainingJob, *, final: bool) -> None:
         if not self.stream_logs:
             return
         if self._log_stream is None:
@@ -244,9 +225,11 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             )
         self._log_stream.poll(context, job, final=final)
 
-    def _outcome(self, job: dict[str, Any]) -> JobOutcome:
-        return evaluate_training_job(
-            job,
+    def _read_job(self) -> TrainingJob:
+        return TrainingJob.from_api(self.hook.get_training_job(self.training_job_id))
+
+    def _outcome(self, job: TrainingJob) -> JobOutcome:
+        return job.outcome(
             training_job_id=self.training_job_id,
             success_phases=self.success_phases,
             failure_phases=self.failure_phases,
@@ -262,7 +245,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         )
         if not self.deferrable:
             return super().execute(context)
-        job = self.hook.get_training_job(self.training_job_id)
+        job = self._read_job()
         outcome = self._outcome(job)
         if outcome.is_done:
             self.log.info("%s; not deferring", outcome.message)
@@ -284,11 +267,11 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
                 log_stream_state=saved,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout) + timedelta(minutes=5),
+            timeout=defer_timeout(self.timeout),
         )
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        job = self.hook.get_training_job(self.training_job_id)
+        job = self._read_job()
         outcome = self._outcome(job)
         self.log.info("%s", outcome.message)
         self._stream(context, job, final=outcome.is_done)
@@ -299,18 +282,11 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Finish after the trigger fired; reject a missing, ``error`` or ``timeout`` event."""
         self._validate()
-        if not event:
-            raise AirflowException(f"Training job {self.training_job_id}: the trigger sent no event")
-        status = event.get("status")
-        message = event.get("message") or f"trigger ended with status {status!r}"
-        if status == "timeout":
-            raise AirflowFailException(message)
-        if self.stream_logs and isinstance(event.get("log_stream_state"), dict):
-            save_stream_state(
-                context, self.training_job_id, LogStreamState.from_dict(event["log_stream_state"])
-            )
-        if status not in ("success", "failed"):
-            raise AirflowException(message)
+        if self.stream_logs:
+            save_event_stream_state(context, self.training_job_id, event)
+        validate_execute_complete_event(
+            event, training_job_id=self.training_job_id, accepted=("success", "failed")
+        )
         # A resumed task runs in a new process: store the links' data again for this one.
         persist_training_job_links(
             context,
@@ -318,16 +294,14 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             console_url=self.hook.console_url(self.training_job_id),
             modelarts_conn_id=self.modelarts_conn_id,
         )
-        job = self.hook.get_training_job(self.training_job_id)
+        job = self._read_job()
         return self._finish(context, job, self._outcome(job))
 
     def _digest_hook(self) -> ModelArtsHook:
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         # One attempt with a short timeout per part: the digest never delays the failure much.
         return ModelArtsHook(self.modelarts_conn_id, max_retries=0, timeout=DEFAULT_PART_TIMEOUT)
 
-    def _failure_digest(self, job: dict[str, Any]) -> FailureDigest:
+    def _failure_digest(self, job: TrainingJob) -> FailureDigest:
         return build_failure_digest(
             job,
             training_job_id=self.training_job_id,
@@ -335,8 +309,8 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
             tail_lines=self.digest_tail_lines,
         )
 
-    def _finish(self, context: Context, job: dict[str, Any], outcome: JobOutcome) -> dict[str, Any]:
-        tasks = training_job_tasks(job)
+    def _finish(self, context: Context, job: TrainingJob, outcome: JobOutcome) -> dict[str, Any]:
+        tasks = list(job.tasks)
         if self.enable_log_preview_link:
             persist_training_job_links(
                 context,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import (
     ModelArtsAuthError,
     ModelArtsConfigError,
@@ -32,6 +33,7 @@ from airflow_provider_modelarts.exceptions import (
 )
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, validate_resource_id
 from airflow_provider_modelarts.states import TrainingJobPhase
+from airflow_provider_modelarts.training_job import MAX_TIME_MS, TrainingJob, epoch_ms
 
 if TYPE_CHECKING:
     from airflow_provider_modelarts.triggers.modelarts import _SharedHook
@@ -57,7 +59,6 @@ MAX_TRACKED_IDS = 100_000
 VISIBILITY_LAG_MS = 60_000
 """The watermark trails the newest create_time seen by this much, for jobs that become visible late."""
 MAX_BACKOFF_S = 600.0
-_MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01: later (or negative) times are bogus
 _UPPER_BOUND_MS = str(2**53 - 1)
 _NAME_LIMIT = 256
 _STATE_KEY_PREFIX = "modelarts_training_job_events"
@@ -107,40 +108,6 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _epoch_ms(value: Any) -> int | None:
-    """``value`` as epoch ms if it is a plausible time (int, 0 < t < 2100), else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < _MAX_TIME_MS:
-        return None
-    return value
-
-
-def _end_time_ms(status: Mapping[str, Any]) -> int | None:
-    records = status.get("running_records")
-    if isinstance(records, list) and records and isinstance(records[-1], dict):
-        end_at = records[-1].get("end_at")
-        if isinstance(end_at, int) and not isinstance(end_at, bool):
-            end = _epoch_ms(end_at * 1000)
-            if end is not None:
-                return end
-    start = _epoch_ms(status.get("start_time"))
-    duration = status.get("duration")
-    if start is None or isinstance(duration, bool) or not isinstance(duration, int) or duration < 0:
-        return None
-    return _epoch_ms(start + duration)
-
-
-def _task_ids(raw: Any) -> tuple[str, ...]:
-    if not isinstance(raw, list):
-        return ()
-    tasks: list[str] = []
-    for item in raw[:MAX_TASKS]:
-        try:
-            tasks.append(validate_resource_id(item, "task_id"))
-        except ModelArtsValidationError:
-            continue
-    return tuple(dict.fromkeys(tasks))
-
-
 def _job_name(raw: Any) -> str | None:
     if isinstance(raw, str) and 0 < len(raw) <= _NAME_LIMIT and raw.isprintable():
         return raw
@@ -153,25 +120,28 @@ def parse_listed_job(item: Any) -> FinishedJob:
     :param item: the job body as the API sent it.
     :raises ModelArtsResponseError: the id, phase or create time is missing or invalid.
     """
-    metadata = item.get("metadata") if isinstance(item, dict) else None
-    status = item.get("status") if isinstance(item, dict) else None
-    if not isinstance(metadata, dict) or not isinstance(status, dict):
+    if not isinstance(item, dict) or not isinstance(item.get("status"), dict):
         raise ModelArtsResponseError("a listed training job has no metadata or status object")
     try:
-        job_id = validate_resource_id(metadata.get("id"), "metadata.id")
+        job = TrainingJob.from_api(item)
     except ModelArtsValidationError as err:
         raise ModelArtsResponseError(f"a listed training job has an invalid id: {err}") from None
-    phase = TrainingJobPhase.parse(status.get("phase"), training_job_id=job_id).value
-    created = _epoch_ms(metadata.get("create_time"))
-    if created is None:
-        raise ModelArtsResponseError(f"training job {job_id} has no valid metadata.create_time")
+    if not job.has_metadata:
+        raise ModelArtsResponseError("a listed training job has no metadata or status object")
+    if job.id is None:
+        raise ModelArtsResponseError(
+            "a listed training job has an invalid id: metadata.id must be a non-empty string"
+        )
+    phase = TrainingJobPhase.parse(job.reported_phase, training_job_id=job.id).value
+    if job.create_time_ms is None:
+        raise ModelArtsResponseError(f"training job {job.id} has no valid metadata.create_time")
     return FinishedJob(
-        id=job_id,
-        name=_job_name(metadata.get("name")),
+        id=job.id,
+        name=_job_name(job.name),
         phase=phase,
-        create_time_ms=created,
-        end_time_ms=_end_time_ms(status),
-        tasks=_task_ids(status.get("tasks")),
+        create_time_ms=job.create_time_ms,
+        end_time_ms=job.end_time_ms,
+        tasks=job.tasks[:MAX_TASKS],
     )
 
 
@@ -185,7 +155,7 @@ def _id_map(raw: Any) -> dict[str, int]:
         raise ValueError("not a mapping")
     out: dict[str, int] = {}
     for key, value in raw.items():
-        created = _epoch_ms(value)
+        created = epoch_ms(value)
         if created is None and value != 0:
             raise ValueError("bad create time")
         out[validate_resource_id(key, "job id")] = created or 0
@@ -272,7 +242,7 @@ def _check_since(since: str | float | None) -> float | None:
         raise ModelArtsValidationError(
             f"since must be an ISO-8601 string or epoch seconds, got {since!r:.60}"
         )
-    if not math.isfinite(value) or not 0 <= value * 1000 < _MAX_TIME_MS:
+    if not math.isfinite(value) or not 0 <= value * 1000 < MAX_TIME_MS:
         raise ModelArtsValidationError(f"since is out of range: {since!r:.60}")
     return value
 
@@ -506,7 +476,7 @@ class ModelArtsTrainingJobEventTrigger(BaseEventTrigger):
     def __init__(
         self,
         *,
-        modelarts_conn_id: str = "modelarts_default",
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 60,
         phases: list[str] | None = None,
         name_filter: str | None = None,

@@ -4,88 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
     ModelArtsError,
     ModelArtsNotFoundError,
     ModelArtsResponseError,
+    ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
-from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer
-from airflow_provider_modelarts.states import TrainingJobPhase
-from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger  # noqa: F401 - re-exported
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, validate_resource_id
+from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer, validate_stream_args
+from airflow_provider_modelarts.states import DEFAULT_FAILURE_PHASES, DEFAULT_SUCCESS_PHASES
+from airflow_provider_modelarts.training_job import TrainingJob
+from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger
 
-DEFAULT_SUCCESS_PHASES: tuple[str, ...] = (TrainingJobPhase.COMPLETED.value,)
-DEFAULT_FAILURE_PHASES: tuple[str, ...] = (
-    TrainingJobPhase.FAILED.value,
-    TrainingJobPhase.ABNORMAL.value,
-    TrainingJobPhase.TERMINATED.value,
-)
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """What one look at a training job means for a waiter.
-
-    :param state: ``"success"``, ``"failed"`` or ``"running"``.
-    :param phase: the job's ``status.phase`` as ModelArts reported it.
-    :param message: a sentence for logs and events.
-    """
-
-    state: str
-    phase: str
-    message: str
-
-    @property
-    def is_done(self) -> bool:
-        return self.state != "running"
-
-
-def evaluate_training_job(
-    job: dict[str, Any],
-    *,
-    training_job_id: str,
-    success_phases: Iterable[str],
-    failure_phases: Iterable[str],
-) -> JobOutcome:
-    """Classify a training-job body; the single status check shared by the sensor and the trigger.
-
-    :param job: the body of ``GET /v2/{project_id}/training-jobs/{id}``.
-    :param training_job_id: the job id, for messages.
-    :param success_phases: phases that end the wait successfully.
-    :param failure_phases: phases that end the wait with a failure.
-    :raises ModelArtsResponseError: the phase is missing or unknown, or it is terminal but listed in
-        neither ``success_phases`` nor ``failure_phases`` (waiting longer could never end).
-    """
-    status = job.get("status") if isinstance(job, dict) else None
-    raw_phase = status.get("phase") if isinstance(status, dict) else None
-    if raw_phase is None:
-        raise ModelArtsResponseError(f"Training job {training_job_id}: the response has no status.phase")
-    phase = TrainingJobPhase.parse(raw_phase, training_job_id=training_job_id)
-    success = {str(p) for p in success_phases}
-    failure = {str(p) for p in failure_phases}
-    if phase.value in success:
-        return JobOutcome(
-            "success", phase.value, f"Training job {training_job_id} reached phase {phase.value}"
-        )
-    if phase.value in failure:
-        return JobOutcome(
-            "failed", phase.value, f"Training job {training_job_id} ended in phase {phase.value}"
-        )
-    if phase.is_terminal:
-        raise ModelArtsResponseError(
-            f"Training job {training_job_id} ended in phase {phase.value}, which is in neither "
-            f"success_phases {sorted(success)} nor failure_phases {sorted(failure)}"
-        )
-    return JobOutcome("running", phase.value, f"Training job {training_job_id} is {phase.value}")
-
+__all__ = [
+    "ModelArtsTrainingJobEventTrigger",
+    "ModelArtsTrainingJobTrigger",
+    "is_transient_error",
+    "shared_hooks",
+]
 
 def is_transient_error(error: BaseException) -> bool:
     """Whether a failed status poll is worth repeating (throttling, 5xx, network), not a final answer."""
@@ -153,6 +98,31 @@ class _SharedHooks:
 shared_hooks = _SharedHooks()
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_args(
+    *,
+    training_job_id: object,
+    modelarts_conn_id: object,
+    poll_interval: object,
+    end_time: object,
+    phases: tuple[object, object],
+) -> None:
+    """Reject bad arguments when the trigger is built (in the worker, before it defers)."""
+    validate_resource_id(training_job_id, "training_job_id")
+    if not isinstance(modelarts_conn_id, str) or not modelarts_conn_id:
+        raise ModelArtsValidationError(f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}")
+    if not _is_number(poll_interval) or not 0 <= poll_interval <= 86_400:  # type: ignore[operator]
+        raise ModelArtsValidationError(f"poll_interval must be a number of seconds from 0 to 86400, got {poll_interval!r}")
+    if end_time is not None and not _is_number(end_time):
+        raise ModelArtsValidationError(f"end_time must be None or epoch seconds, got {end_time!r:.80}")
+    for value in phases:
+        if value is not None and (isinstance(value, str) or not all(isinstance(p, str) for p in value)):  # type: ignore[attr-defined]
+            raise ModelArtsValidationError("success_phases and failure_phases must be lists of phase names")
+
+
 def _default_hook_factory(conn_id: str) -> ModelArtsAsyncHook:
     # One attempt per poll: the trigger's own loop is the retry loop, so a throttled or failing
     # API costs one request per poll_interval instead of a burst of backed-off retries.
@@ -182,10 +152,11 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
 
     hook_factory = staticmethod(_default_hook_factory)
 
-    def __init__(  # noqa: PLR0917 - the positional signature is a published contract
+    def __init__(
         self,
+        *,
         training_job_id: str,
-        modelarts_conn_id: str = "modelarts_default",
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 30,
         end_time: float | None = None,
         success_phases: list[str] | None = None,
@@ -195,6 +166,16 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
         stream_max_bytes: int = DEFAULT_STREAM_MAX_BYTES,
         log_stream_state: dict[str, Any] | None = None,
     ) -> None:
+        _check_args(
+            training_job_id=training_job_id,
+            modelarts_conn_id=modelarts_conn_id,
+            poll_interval=poll_interval,
+            end_time=end_time,
+            phases=(success_phases, failure_phases),
+        )
+        validate_stream_args(
+            stream_logs=stream_logs, stream_log_tasks=stream_log_tasks, stream_max_bytes=stream_max_bytes
+        )
         super().__init__()
         self.stream_logs = bool(stream_logs)
         self.stream_log_tasks = list(stream_log_tasks) if stream_log_tasks is not None else None
@@ -291,9 +272,9 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
                 )
             try:
                 async with in_flight:
-                    job = await hook.get_training_job(self.training_job_id)
-                outcome = evaluate_training_job(
-                    job,
+                    body = await hook.get_training_job(self.training_job_id)
+                job = TrainingJob.from_api(body)
+                outcome = job.outcome(
                     training_job_id=self.training_job_id,
                     success_phases=self.success_phases,
                     failure_phases=self.failure_phases,

@@ -14,11 +14,11 @@ from airflow_provider_modelarts.archiving.layout import (
     ArchiveLayout,
     JobIdentity,
     job_identity,
-    job_tasks,
     plan_paths,
 )
 from airflow_provider_modelarts.archiving.staging import NAME_MAX
 from airflow_provider_modelarts.exceptions import ModelArtsUnexpectedJobError, ModelArtsValidationError
+from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver
 from tests.unit.test_transfer import FakeObs, files_under, make_log
 
@@ -43,7 +43,7 @@ def test_any_answer_is_rejected_or_stays_inside_the_destination(job_id, name, ta
     job = body(job_id, name, tasks)
     try:
         identity = job_identity(job, requested=None, layout=NAME_LAYOUT)
-        checked = job_tasks(job)
+        checked = TrainingJob.from_api(job).checked_tasks()
         paths, manifest = plan_paths(NAME_LAYOUT, identity, checked, compression=None)
     except ModelArtsValidationError:
         return
@@ -91,7 +91,7 @@ def test_bad_task_lists_are_rejected(tasks, match):
     job = body()
     job["status"]["tasks"] = tasks
     with pytest.raises(ModelArtsValidationError, match=match):
-        job_tasks(job)
+        TrainingJob.from_api(job).checked_tasks()
 
 
 def test_a_task_colliding_with_the_manifest_is_rejected():

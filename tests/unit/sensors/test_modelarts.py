@@ -17,6 +17,7 @@ from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTaskLogPreviewLink,
     ModelArtsTrainingJobConsoleLink,
 )
+from airflow_provider_modelarts.links import modelarts as links_module
 from airflow_provider_modelarts.sensors import modelarts as sensor_module
 from airflow_provider_modelarts.sensors.modelarts import (
     ModelArtsTrainingJobFailed,
@@ -107,7 +108,7 @@ def test_poke_running_returns_false(context):
 
 def test_poke_success_pushes_log_urls_and_returns_summary(context):
     hook = FakeHook(job_body("Completed"))
-    with mock.patch.object(sensor_module, "mask_secret") as mask:
+    with mock.patch.object(links_module, "mask_secret") as mask:
         result = make_sensor(hook).poke(context)
     assert isinstance(result, PokeReturnValue)
     assert result.is_done

@@ -14,9 +14,9 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
 )
 from airflow_provider_modelarts.triggers import modelarts as trigger_module
+from airflow_provider_modelarts.training_job import evaluate_training_job
 from airflow_provider_modelarts.triggers.modelarts import (
     ModelArtsTrainingJobTrigger,
-    evaluate_training_job,
     shared_hooks,
 )
 
@@ -106,7 +106,7 @@ def test_serialize_round_trip():
 def test_serialize_defaults_are_json_primitives():
     import json
 
-    _, kwargs = ModelArtsTrainingJobTrigger(JOB).serialize()
+    _, kwargs = ModelArtsTrainingJobTrigger(training_job_id=JOB).serialize()
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert kwargs["success_phases"] == ["Completed"]
     assert kwargs["failure_phases"] == ["Failed", "Abnormal", "Terminated"]
@@ -115,7 +115,7 @@ def test_serialize_defaults_are_json_primitives():
 
 def test_success_after_polling_yields_one_event(fake_hook):
     hook = fake_hook(job_body("Pending"), job_body("Running"), job_body("Completed"))
-    events = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0))
+    events = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0))
     assert events == [
         {
             "status": "success",
@@ -132,7 +132,7 @@ def test_success_after_polling_yields_one_event(fake_hook):
 @pytest.mark.parametrize("phase", ["Failed", "Abnormal", "Terminated"])
 def test_failure_phase_yields_failed(fake_hook, phase):
     fake_hook(job_body("Running"), job_body(phase))
-    [event] = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0))
     assert event["status"] == "failed"
     assert event["phase"] == phase
 
@@ -140,7 +140,7 @@ def test_failure_phase_yields_failed(fake_hook, phase):
 def test_terminal_phases_as_success_like_the_archive_operator(fake_hook):
     fake_hook(job_body("Failed"))
     trigger = ModelArtsTrainingJobTrigger(
-        JOB,
+        training_job_id=JOB,
         poll_interval=0,
         success_phases=["Completed", "Failed", "Terminated", "Abnormal"],
         failure_phases=[],
@@ -160,7 +160,7 @@ def test_polls_through_throttling_5xx_and_network_errors(fake_hook):
         job_body("Running"),
         job_body("Completed"),
     )
-    [event] = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0))
     assert event["status"] == "success"
     assert hook.calls == 7
 
@@ -176,7 +176,7 @@ def test_polls_through_throttling_5xx_and_network_errors(fake_hook):
 )
 def test_non_retryable_error_yields_error_event(fake_hook, error):
     hook = fake_hook(job_body("Running"), error)
-    [event] = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0))
     assert event["status"] == "error"
     assert event["phase"] == "Running"
     assert str(error) in event["message"]
@@ -186,14 +186,14 @@ def test_non_retryable_error_yields_error_event(fake_hook, error):
 
 def test_unknown_phase_is_an_error_not_a_silent_loop(fake_hook):
     fake_hook(job_body("Sleeping"))
-    [event] = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0))
     assert event["status"] == "error"
     assert "Unknown training job phase 'Sleeping'" in event["message"]
 
 
 def test_terminal_phase_outside_both_lists_is_an_error(fake_hook):
     fake_hook(job_body("Terminated"))
-    trigger = ModelArtsTrainingJobTrigger(JOB, poll_interval=0, failure_phases=["Failed"])
+    trigger = ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0, failure_phases=["Failed"])
     [event] = run(trigger)
     assert event["status"] == "error"
     assert "neither" in event["message"]
@@ -201,7 +201,7 @@ def test_terminal_phase_outside_both_lists_is_an_error(fake_hook):
 
 def test_timeout_event(fake_hook):
     fake_hook(job_body("Running"))
-    trigger = ModelArtsTrainingJobTrigger(JOB, poll_interval=0.05, end_time=time.time() + 0.2)
+    trigger = ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0.05, end_time=time.time() + 0.2)
     started = time.monotonic()
     [event] = run(trigger)
     assert event["status"] == "timeout"
@@ -211,7 +211,7 @@ def test_timeout_event(fake_hook):
 
 def test_retryable_errors_until_timeout_still_end_with_timeout(fake_hook):
     fake_hook(ModelArtsApiError("throttled", status_code=429))
-    [event] = run(ModelArtsTrainingJobTrigger(JOB, poll_interval=0.01, end_time=time.time() + 0.1))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0.01, end_time=time.time() + 0.1))
     assert event["status"] == "timeout"
 
 
@@ -220,7 +220,7 @@ def test_hook_creation_failure_is_an_error_event(monkeypatch):
         raise ValueError("connection modelarts_default has no project_id")
 
     monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(broken))
-    [event] = run(ModelArtsTrainingJobTrigger(JOB))
+    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB))
     assert event["status"] == "error"
     assert "project_id" in event["message"]
 
@@ -236,7 +236,7 @@ def test_triggers_share_one_hook_per_loop_and_close_it(monkeypatch):
     monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(factory))
 
     async def main():
-        triggers = [ModelArtsTrainingJobTrigger(JOB, poll_interval=0) for _ in range(20)]
+        triggers = [ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0) for _ in range(20)]
         return await asyncio.gather(*(collect(t) for t in triggers))
 
     results = asyncio.run(main())
@@ -250,7 +250,7 @@ def test_cancelled_trigger_releases_the_hook(fake_hook):
     hook = fake_hook(job_body("Running"))
 
     async def main():
-        task = asyncio.create_task(collect(ModelArtsTrainingJobTrigger(JOB, poll_interval=10)))
+        task = asyncio.create_task(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=10)))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -265,7 +265,7 @@ def test_poll_does_not_block_the_event_loop(fake_hook):
     fake_hook(job_body("Running"))
 
     async def main():
-        gen = ModelArtsTrainingJobTrigger(JOB, poll_interval=0.2).run()
+        gen = ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0.2).run()
         task = asyncio.ensure_future(gen.__anext__())
         ticks = 0
         for _ in range(10):
@@ -314,7 +314,7 @@ def test_polls_in_flight_are_capped(monkeypatch):
     monkeypatch.setattr(type(shared_hooks), "max_in_flight", 4)
 
     async def main():
-        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(JOB)) for _ in range(30)))
+        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(30)))
 
     results = asyncio.run(main())
     assert all(r[0]["status"] == "success" for r in results)
@@ -349,7 +349,7 @@ def test_triggers_share_one_real_hook_and_its_client(monkeypatch):
     )
 
     async def main():
-        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(JOB)) for _ in range(5)))
+        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(5)))
 
     results = asyncio.run(main())
     assert all(r[0]["status"] == "success" for r in results)

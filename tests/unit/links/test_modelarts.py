@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 import time
 import types
 from unittest import mock
@@ -15,6 +14,7 @@ from airflow_provider_modelarts.links.modelarts import (
     ModelArtsTrainingJobConsoleLink,
     persist_training_job_links,
 )
+from tests.fixtures.fake_hooks import fake_hook
 
 TI_KEY = mock.sentinel.ti_key
 STORED = {
@@ -42,10 +42,9 @@ def fake_hook_module(monkeypatch):
     created = []
 
     class FakeHook:
-        behaviour = "ok"
+        """What the (autospecced) hook answers."""
 
-        def __init__(self, conn_id, **kwargs):
-            created.append((conn_id, kwargs))
+        behaviour = "ok"
 
         def get_training_job(self, training_job_id):
             return {"status": {"phase": "Running", "tasks": ["worker-0", "worker-1"]}}
@@ -55,8 +54,11 @@ def fake_hook_module(monkeypatch):
                 raise TimeoutError("read timed out")
             return f"http://obs.local/{training_job_id}/{task_id}?download={download}&Signature=x"
 
-    module = types.SimpleNamespace(ModelArtsHook=FakeHook)
-    monkeypatch.setitem(sys.modules, "airflow_provider_modelarts.hooks.modelarts", module)
+    def make(conn_id, **kwargs):
+        created.append((conn_id, kwargs))
+        return fake_hook(FakeHook())
+
+    monkeypatch.setattr(links_module, "ModelArtsHook", make)
     return FakeHook, created
 
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import sys
-import types
 from datetime import datetime, timezone
 
 import pendulum
@@ -15,17 +13,18 @@ try:
 except ImportError:  # Airflow < 3.2
     from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
 
+from airflow_provider_modelarts.notifications import modelarts as notifier_module
 from airflow_provider_modelarts.notifications.modelarts import ModelArtsTaskLogsNotifier, TemplatableDag
+from tests.fixtures.fake_hooks import fake_hook as autospec_hook
 
 JOB = "job-fail"
 LOG = "".join(f"line {i}\n" for i in range(1, 201))
 
 
-class FakeHook:
-    fail = set()
+class HookScript:
+    """What the (autospecced) hook answers."""
 
-    def __init__(self, conn_id):
-        self.conn_id = conn_id
+    fail = set()
 
     def console_url(self, training_job_id):
         return f"https://console.example/{training_job_id}"
@@ -58,16 +57,15 @@ class FakeHook:
             raise RuntimeError("preview broken")
         return {"content": LOG, "current_size": len(LOG), "full_size": len(LOG)}
 
+    def get_training_job_events(self, training_job_id, *, level=None, limit=None, **kwargs):
+        return []
+
 
 @pytest.fixture(autouse=True)
 def fake_hook(monkeypatch):
-    FakeHook.fail = set()
-    monkeypatch.setitem(
-        sys.modules,
-        "airflow_provider_modelarts.hooks.modelarts",
-        types.SimpleNamespace(ModelArtsHook=FakeHook),
-    )
-    return FakeHook
+    HookScript.fail = set()
+    monkeypatch.setattr(notifier_module, "ModelArtsHook", lambda conn_id, **kwargs: autospec_hook(HookScript()))
+    return HookScript
 
 
 class RecordingNotifier(BaseNotifier):

@@ -24,6 +24,7 @@ from airflow_provider_modelarts.sensors.modelarts import (
     ModelArtsTrainingJobSensor,
 )
 from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobTrigger
+from tests.fixtures.fake_hooks import fake_hook
 
 JOB = "job-1"
 EXPIRES = datetime(2030, 1, 1, 0, 5, tzinfo=timezone.utc)
@@ -38,7 +39,9 @@ def job_body(phase, tasks=("worker-0", "worker-1"), task_statuses=None, secondar
     return {"metadata": {"id": JOB}, "status": status}
 
 
-class FakeHook:
+class HookScript:
+    """What the (autospecced) hook answers; ``calls`` records the requests."""
+
     def __init__(self, *jobs):
         self.jobs = list(jobs)
         self.calls = []
@@ -58,6 +61,13 @@ class FakeHook:
 
     def console_url(self, training_job_id):
         return f"https://console.example/modelarts/#/trainingJobs/{training_job_id}"
+
+
+def make_hook(*jobs):
+    script = HookScript(*jobs)
+    hook = fake_hook(script)
+    hook.calls = script.calls
+    return hook
 
 
 def make_sensor(hook, **kwargs):
@@ -101,13 +111,13 @@ def test_preview_link_is_opt_in():
 
 
 def test_poke_running_returns_false(context):
-    hook = FakeHook(job_body("Running"))
+    hook = make_hook(job_body("Running"))
     assert make_sensor(hook).poke(context) is False
     assert not any(c[0] == "url" for c in hook.calls)
 
 
 def test_poke_success_pushes_log_urls_and_returns_summary(context):
-    hook = FakeHook(job_body("Completed"))
+    hook = make_hook(job_body("Completed"))
     with mock.patch.object(links_module, "mask_secret") as mask:
         result = make_sensor(hook).poke(context)
     assert isinstance(result, PokeReturnValue)
@@ -127,14 +137,14 @@ def test_poke_success_pushes_log_urls_and_returns_summary(context):
 
 
 def test_download_links(context):
-    hook = FakeHook(job_body("Completed", tasks=["worker-0"]))
+    hook = make_hook(job_body("Completed", tasks=["worker-0"]))
     result = make_sensor(hook, log_url_type="download").poke(context)
     assert result.xcom_value["log_urls"]["worker-0"]["type"] == "download"
     assert ("url", "worker-0", True) in hook.calls
 
 
 def test_push_log_urls_off(context):
-    hook = FakeHook(job_body("Completed"))
+    hook = make_hook(job_body("Completed"))
     result = make_sensor(hook, push_log_urls=False).poke(context)
     assert result.xcom_value["log_urls"] == {}
     assert "log_urls" not in pushed(context)
@@ -145,7 +155,7 @@ def test_failure_pushes_links_then_fails_with_task_details(context):
         {"task": "worker-0", "exit_code": 0, "message": ""},
         {"task": "worker-1", "exit_code": 137, "message": "OOMKilled"},
     ]
-    hook = FakeHook(job_body("Failed", task_statuses=statuses))
+    hook = make_hook(job_body("Failed", task_statuses=statuses))
     with pytest.raises(ModelArtsTrainingJobFailed) as info:
         make_sensor(hook).poke(context)
     error = info.value
@@ -163,9 +173,9 @@ def test_failure_pushes_links_then_fails_with_task_details(context):
 
 def test_terminated_is_a_failure_by_default_and_configurable(context):
     with pytest.raises(ModelArtsTrainingJobFailed, match="Terminated"):
-        make_sensor(FakeHook(job_body("Terminated"))).poke(context)
+        make_sensor(make_hook(job_body("Terminated"))).poke(context)
     sensor = make_sensor(
-        FakeHook(job_body("Terminated")),
+        make_hook(job_body("Terminated")),
         success_phases=["Completed", "Terminated"],
         failure_phases=["Failed", "Abnormal"],
     )
@@ -173,7 +183,7 @@ def test_terminated_is_a_failure_by_default_and_configurable(context):
 
 
 def test_failure_still_raised_when_links_fail(context):
-    hook = FakeHook(job_body("Abnormal", secondary="CreateFailed"))
+    hook = make_hook(job_body("Abnormal", secondary="CreateFailed"))
     hook.get_task_log_url = mock.Mock(side_effect=RuntimeError("no link"))
     with pytest.raises(ModelArtsTrainingJobFailed, match=r"Abnormal \(CreateFailed\)"):
         make_sensor(hook).poke(context)
@@ -181,11 +191,11 @@ def test_failure_still_raised_when_links_fail(context):
 
 def test_unknown_phase_is_a_clear_error(context):
     with pytest.raises(ModelArtsResponseError, match="Unknown training job phase 'Paused'"):
-        make_sensor(FakeHook(job_body("Paused"))).poke(context)
+        make_sensor(make_hook(job_body("Paused"))).poke(context)
 
 
 def test_execute_poke_mode_persists_console_link(context):
-    sensor = make_sensor(FakeHook(job_body("Completed")), poke_interval=0)
+    sensor = make_sensor(make_hook(job_body("Completed")), poke_interval=0)
     result = sensor.execute(context)
     assert result["phase"] == "Completed"
     stored = pushed(context)[TRAINING_JOB_XCOM_KEY]
@@ -194,7 +204,7 @@ def test_execute_poke_mode_persists_console_link(context):
 
 
 def test_deferrable_defers_when_running(context):
-    sensor = make_sensor(FakeHook(job_body("Running")), deferrable=True, poke_interval=7, timeout=600)
+    sensor = make_sensor(make_hook(job_body("Running")), deferrable=True, poke_interval=7, timeout=600)
     with pytest.raises(TaskDeferred) as info:
         sensor.execute(context)
     trigger = info.value.trigger
@@ -211,7 +221,7 @@ def test_deferrable_defers_when_running(context):
 
 
 def test_deferrable_finishes_inline_when_already_terminal(context):
-    hook = FakeHook(job_body("Completed"))
+    hook = make_hook(job_body("Completed"))
     result = make_sensor(hook, deferrable=True).execute(context)
     assert result["phase"] == "Completed"
     assert "log_urls" in pushed(context)
@@ -235,11 +245,11 @@ def test_deferrable_finishes_inline_when_already_terminal(context):
 )
 def test_execute_complete_rejects_bad_events(context, event, error, match):
     with pytest.raises(error, match=match):
-        make_sensor(FakeHook(job_body("Running"))).execute_complete(context, event)
+        make_sensor(make_hook(job_body("Running"))).execute_complete(context, event)
 
 
 def test_execute_complete_success_fetches_links_at_the_end(context):
-    hook = FakeHook(job_body("Completed"))
+    hook = make_hook(job_body("Completed"))
     event = {"status": "success", "training_job_id": JOB, "phase": "Completed", "message": "ok"}
     result = make_sensor(hook).execute_complete(context, event)
     assert result["log_urls"]["worker-1"]["url"].startswith("http://obs.local/")
@@ -247,7 +257,7 @@ def test_execute_complete_success_fetches_links_at_the_end(context):
 
 
 def test_execute_complete_failed_event_raises(context):
-    hook = FakeHook(
+    hook = make_hook(
         job_body("Failed", task_statuses=[{"task": "worker-0", "exit_code": 2, "message": "bad"}])
     )
     event = {"status": "failed", "training_job_id": JOB, "phase": "Failed", "message": "x"}
@@ -258,4 +268,4 @@ def test_execute_complete_failed_event_raises(context):
 
 def test_bad_log_url_type(context):
     with pytest.raises(ValueError, match="log_url_type"):
-        make_sensor(FakeHook(job_body("Completed")), log_url_type="zip").execute(context)
+        make_sensor(make_hook(job_body("Completed")), log_url_type="zip").execute(context)

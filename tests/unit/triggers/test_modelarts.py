@@ -19,6 +19,7 @@ from airflow_provider_modelarts.triggers.modelarts import (
     ModelArtsTrainingJobTrigger,
     shared_hooks,
 )
+from tests.fixtures.fake_hooks import fake_async_hook
 
 JOB = "job-1"
 
@@ -27,10 +28,8 @@ def job_body(phase, **status):
     return {"metadata": {"id": JOB}, "status": {"phase": phase, **status}}
 
 
-class FakeAsyncHook:
-    """Plays back a script of answers (dicts or exceptions) to get_training_job."""
-
-    instances: list[FakeAsyncHook] = []
+class AsyncHookScript:
+    """Plays back a script of answers (dicts or exceptions) to get_training_job of the autospecced hook."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -54,9 +53,10 @@ def fake_hook(monkeypatch):
     holder = {}
 
     def install(*script):
-        hook = FakeAsyncHook(script)
+        hook = AsyncHookScript(script)
         holder["hook"] = hook
-        monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: hook))
+        fake = fake_async_hook(hook)
+        monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: fake))
         return hook
 
     return install
@@ -229,9 +229,9 @@ def test_triggers_share_one_hook_per_loop_and_close_it(monkeypatch):
     created = []
 
     def factory(conn_id):
-        hook = FakeAsyncHook([job_body("Running"), job_body("Running"), job_body("Completed")])
+        hook = AsyncHookScript([job_body("Running"), job_body("Running"), job_body("Completed")])
         created.append(hook)
-        return hook
+        return fake_async_hook(hook)
 
     monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(factory))
 
@@ -301,7 +301,7 @@ def test_default_hook_factory_uses_single_attempt(monkeypatch):
 def test_polls_in_flight_are_capped(monkeypatch):
     state = {"now": 0, "max": 0}
 
-    class SlowHook(FakeAsyncHook):
+    class SlowHook(AsyncHookScript):
         async def get_training_job(self, training_job_id):
             state["now"] += 1
             state["max"] = max(state["max"], state["now"])
@@ -309,7 +309,7 @@ def test_polls_in_flight_are_capped(monkeypatch):
             state["now"] -= 1
             return job_body("Completed")
 
-    hook = SlowHook([])
+    hook = fake_async_hook(SlowHook([]))
     monkeypatch.setattr(ModelArtsTrainingJobTrigger, "hook_factory", staticmethod(lambda conn_id: hook))
     monkeypatch.setattr(type(shared_hooks), "max_in_flight", 4)
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import ModelArtsConfigError
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-schemes = ["obs"]
+__all__ = ["OBSFileSystem", "OBSPath", "get_fs", "obs_endpoint", "register_obs_scheme", "schemes"]
 
-DEFAULT_CONN_ID = "modelarts_default"
+schemes = ["obs"]
 OBS_ENDPOINT_TEMPLATE = "https://obs.{region}.myhuaweicloud.com"
 
 

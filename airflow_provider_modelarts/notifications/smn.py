@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseNotifier
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import ModelArtsValidationError
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
 from airflow_provider_modelarts.notifications.modelarts import TemplatableDag, make_context_templatable
 
 if TYPE_CHECKING:
     import jinja2
     from airflow.providers.common.compat.sdk import Context
-
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
 
 __all__ = [
     "MESSAGE_LIMIT_BYTES",
@@ -267,7 +267,7 @@ class SmnNotifier(BaseNotifier):
         subject: str | None = None,
         message: str | None = None,
         message_structure: dict[str, str] | None = None,
-        modelarts_conn_id: str = "modelarts_default",
+        modelarts_conn_id: str = DEFAULT_CONN_ID,
     ) -> None:
         super().__init__()
         self.topic_urn = topic_urn
@@ -288,14 +288,10 @@ class SmnNotifier(BaseNotifier):
 
     def get_hook(self) -> ModelArtsHook:
         """The hook whose connection and transport publish the message."""
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-
         return ModelArtsHook(self._conn_id())
 
     def get_async_hook(self) -> ModelArtsAsyncHook:
         """The async hook used by :meth:`async_notify`."""
-        from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
-
         return ModelArtsAsyncHook(self._conn_id())
 
     def _conn_id(self) -> str:

@@ -23,6 +23,7 @@ from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, Model
 from airflow_provider_modelarts.hooks.smn import publish_url, validate_topic_urn
 from airflow_provider_modelarts.notifications import smn as smn_module
 from airflow_provider_modelarts.notifications.modelarts import ModelArtsTaskLogsNotifier
+from tests.fixtures.fake_hooks import fake_hook
 from airflow_provider_modelarts.notifications.smn import (
     MESSAGE_LIMIT_BYTES,
     SUBJECT_LIMIT_BYTES,
@@ -421,9 +422,8 @@ def test_secrets_never_reach_errors_or_logs(caplog, capsys):
 # ----------------------------------------------------------------------------- wrapped and async
 
 
-class _FakeModelArtsHook:
-    def __init__(self, conn_id):
-        pass
+class _ModelArtsAnswers:
+    """What the (autospecced) ModelArts hook answers."""
 
     def console_url(self, job_id):
         return f"https://console.example/{job_id}"
@@ -445,7 +445,7 @@ class _FakeModelArtsHook:
 
 
 def test_wrapped_templates_see_summary_and_log_urls(monkeypatch):
-    monkeypatch.setattr(ModelArtsTaskLogsNotifier, "_hook", lambda self: _FakeModelArtsHook("x"))
+    monkeypatch.setattr(ModelArtsTaskLogsNotifier, "_hook", lambda self: fake_hook(_ModelArtsAnswers()))
     smn = SmnNotifier(
         topic_urn=TOPIC,
         subject="{{ modelarts.training_job_id }} is {{ modelarts.phase }}",

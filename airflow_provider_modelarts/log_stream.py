@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_modelarts.states import TrainingJobPhase
-from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
     ModelArtsLogLinkExpiredError,
     ModelArtsValidationError,
 )
+from airflow_provider_modelarts.states import TrainingJobPhase
+from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:
     from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook

@@ -114,9 +114,13 @@ def evaluate_phase(
     success = {str(p) for p in success_phases}
     failure = {str(p) for p in failure_phases}
     if phase.value in success:
-        return JobOutcome("success", phase.value, f"Training job {training_job_id} reached phase {phase.value}")
+        return JobOutcome(
+            "success", phase.value, f"Training job {training_job_id} reached phase {phase.value}"
+        )
     if phase.value in failure:
-        return JobOutcome("failed", phase.value, f"Training job {training_job_id} ended in phase {phase.value}")
+        return JobOutcome(
+            "failed", phase.value, f"Training job {training_job_id} ended in phase {phase.value}"
+        )
     if phase.is_terminal:
         raise ModelArtsResponseError(
             f"Training job {training_job_id} ended in phase {phase.value}, which is in neither "

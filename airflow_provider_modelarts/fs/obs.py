@@ -19,7 +19,7 @@ from airflow_provider_modelarts.exceptions import ModelArtsConfigError
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
 
-__all__ = ["OBSFileSystem", "OBSPath", "get_fs", "obs_endpoint", "register_obs_scheme", "schemes"]
+__all__ = ["OBSFileSystem", "OBSPath", "get_fs", "obs_endpoint", "register_obs_scheme", "schemes"]  # noqa: F822 - built on first use (module __getattr__)
 
 schemes = ["obs"]
 OBS_ENDPOINT_TEMPLATE = "https://obs.{region}.myhuaweicloud.com"

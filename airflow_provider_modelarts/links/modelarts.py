@@ -90,7 +90,9 @@ def persist_training_job_links(
         setattr(task, LINK_DATA_ATTRIBUTE, value)
 
 
-def fetch_log_link(hook: ModelArtsHook, training_job_id: str, task_id: str, log_url_type: str) -> dict[str, Any]:
+def fetch_log_link(
+    hook: ModelArtsHook, training_job_id: str, task_id: str, log_url_type: str
+) -> dict[str, Any]:
     """Ask ModelArts for one temporary OBS log link, registered with the secret masker.
 
     :return: ``{"url", "type", "expires_at"}``; ``expires_at`` is ISO 8601 in UTC.

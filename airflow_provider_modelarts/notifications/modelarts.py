@@ -78,17 +78,25 @@ def _check_args(
 ) -> None:
     """Reject bad arguments when the notifier is built; templated values are checked once rendered."""
     if not isinstance(training_job_id, str) or not training_job_id.strip():
-        raise ModelArtsValidationError(f"training_job_id must be a non-empty string, got {training_job_id!r:.80}")
+        raise ModelArtsValidationError(
+            f"training_job_id must be a non-empty string, got {training_job_id!r:.80}"
+        )
     if notifier is not None and not isinstance(notifier, BaseNotifier):
-        raise ModelArtsValidationError(f"notifier must be a BaseNotifier or None, got {type(notifier).__name__}")
+        raise ModelArtsValidationError(
+            f"notifier must be a BaseNotifier or None, got {type(notifier).__name__}"
+        )
     if not _is_template(tail_lines) and (
         isinstance(tail_lines, bool) or not isinstance(tail_lines, int) or not 0 <= tail_lines <= 500
     ):
         raise ModelArtsValidationError(f"tail_lines must be an integer from 0 to 500, got {tail_lines!r:.80}")
     if not _is_template(log_url_type) and log_url_type not in LOG_URL_TYPES:
-        raise ModelArtsValidationError(f"log_url_type must be one of {LOG_URL_TYPES}, not {log_url_type!r:.80}")
+        raise ModelArtsValidationError(
+            f"log_url_type must be one of {LOG_URL_TYPES}, not {log_url_type!r:.80}"
+        )
     if not isinstance(modelarts_conn_id, str) or not modelarts_conn_id:
-        raise ModelArtsValidationError(f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}")
+        raise ModelArtsValidationError(
+            f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}"
+        )
 
 
 def _tail(text: str, lines: int) -> str:

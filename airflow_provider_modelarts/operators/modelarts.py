@@ -385,9 +385,7 @@ class ModelArtsArchiveTaskLogsOperator(BaseOperator):
             timeout=defer_timeout(self.timeout),
         )
 
-    def _wait(
-        self, job: TrainingJob, phase: TrainingJobPhase, context: Context | None = None
-    ) -> TrainingJob:
+    def _wait(self, job: TrainingJob, phase: TrainingJobPhase, context: Context | None = None) -> TrainingJob:
         deadline = time.monotonic() + self.timeout if self.timeout else None
         self.log.info("Waiting for training job %s to finish (now %s)", self.training_job_id, phase.value)
         stream = None

@@ -15,13 +15,13 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.digest import (
     DEFAULT_DIGEST_TAIL_LINES,
     DEFAULT_PART_TIMEOUT,
     FailureDigest,
     build_failure_digest,
 )
-from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import ModelArtsJobFailedError, ModelArtsValidationError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 from airflow_provider_modelarts.links.modelarts import (

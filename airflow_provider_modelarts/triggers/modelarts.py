@@ -20,7 +20,11 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsValidationError,
 )
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, validate_resource_id
-from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer, validate_stream_args
+from airflow_provider_modelarts.log_stream import (
+    DEFAULT_STREAM_MAX_BYTES,
+    AsyncLogStreamer,
+    validate_stream_args,
+)
 from airflow_provider_modelarts.states import DEFAULT_FAILURE_PHASES, DEFAULT_SUCCESS_PHASES
 from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger
@@ -31,6 +35,7 @@ __all__ = [
     "is_transient_error",
     "shared_hooks",
 ]
+
 
 def is_transient_error(error: BaseException) -> bool:
     """Whether a failed status poll is worth repeating (throttling, 5xx, network), not a final answer."""
@@ -113,9 +118,13 @@ def _check_args(
     """Reject bad arguments when the trigger is built (in the worker, before it defers)."""
     validate_resource_id(training_job_id, "training_job_id")
     if not isinstance(modelarts_conn_id, str) or not modelarts_conn_id:
-        raise ModelArtsValidationError(f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}")
+        raise ModelArtsValidationError(
+            f"modelarts_conn_id must be a non-empty string, got {modelarts_conn_id!r:.80}"
+        )
     if not _is_number(poll_interval) or not 0 <= poll_interval <= 86_400:  # type: ignore[operator]
-        raise ModelArtsValidationError(f"poll_interval must be a number of seconds from 0 to 86400, got {poll_interval!r}")
+        raise ModelArtsValidationError(
+            f"poll_interval must be a number of seconds from 0 to 86400, got {poll_interval!r}"
+        )
     if end_time is not None and not _is_number(end_time):
         raise ModelArtsValidationError(f"end_time must be None or epoch seconds, got {end_time!r:.80}")
     for value in phases:
@@ -238,7 +247,7 @@ class ModelArtsTrainingJobTrigger(BaseTrigger):
     def _emit_log_line(self, line: str) -> None:
         self.log.info("%s", line)
 
-    async def _stream(self, job: dict[str, Any], in_flight: asyncio.Semaphore, *, final: bool) -> None:
+    async def _stream(self, job: TrainingJob, in_flight: asyncio.Semaphore, *, final: bool) -> None:
         if self._streamer is None:
             return
         try:

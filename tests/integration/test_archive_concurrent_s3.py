@@ -8,8 +8,7 @@ import json
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from tests.unit.test_archive_records import TASKS, run_concurrently
-from tests.unit.test_transfer import FakeObs, make_log
+from tests.fixtures.fake_obs import TASKS, FakeObs, make_log, run_concurrently
 
 
 @pytest.mark.parametrize("round_", range(2))

@@ -7,15 +7,14 @@ import gzip
 import hashlib
 import json
 import time
-from unittest import mock
 
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
-from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 from airflow_provider_modelarts.transfer import archive_task_log
+from tests.fixtures.archive_runs import run
 
 pytestmark = pytest.mark.integration
 
@@ -57,16 +56,6 @@ def emu(emulator_factory, monkeypatch):
     emu = emulator_factory(SCENARIO)
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
     return emu
-
-
-def ctx():
-    return {"ti": mock.MagicMock(), "task": None}
-
-
-def run(**kwargs):
-    kwargs.setdefault("poll_interval", 0.2)
-    op = ModelArtsArchiveTaskLogsOperator(task_id="archive", **kwargs)
-    return op.execute(ctx())
 
 
 def assert_matches_source(emu, job_id, result, read):

@@ -15,8 +15,8 @@ from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_modelarts.archiving.multipart import PART_SIZE
 from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
+from tests.fixtures.archive_runs import run
 from tests.fixtures.moto_server import MOTO_AK, MOTO_REGION, MOTO_SK
-from tests.integration.test_archive_emulator import run
 
 pytestmark = pytest.mark.integration
 

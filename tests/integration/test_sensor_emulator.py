@@ -135,13 +135,17 @@ def test_deferrable_failed_job(modelarts_conn):
 
 
 def test_trigger_unknown_job_is_an_error_event(modelarts_conn):
-    event = asyncio.run(first_event(ModelArtsTrainingJobTrigger(training_job_id="no-such-job", poll_interval=0.1)))
+    event = asyncio.run(
+        first_event(ModelArtsTrainingJobTrigger(training_job_id="no-such-job", poll_interval=0.1))
+    )
     assert event["status"] == "error"
     assert "no-such-job" in event["message"]
 
 
 def test_trigger_timeout(modelarts_conn):
-    trigger = ModelArtsTrainingJobTrigger(training_job_id="job-running", poll_interval=0.2, end_time=time.time() + 0.5)
+    trigger = ModelArtsTrainingJobTrigger(
+        training_job_id="job-running", poll_interval=0.2, end_time=time.time() + 0.5
+    )
     event = asyncio.run(first_event(trigger))
     assert event["status"] == "timeout"
     assert event["phase"] in ("Pending", "Running")

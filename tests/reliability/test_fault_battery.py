@@ -354,7 +354,9 @@ def test_trigger_polls_through_throttling_and_5xx(emulator_factory, monkeypatch,
     emu.knobs.retry_after = 0
     emu.knobs.error_burst = 4
     emu.reset_counters()
-    trigger = ModelArtsTrainingJobTrigger(training_job_id="job-wait", poll_interval=0.2, end_time=time.time() + 40)
+    trigger = ModelArtsTrainingJobTrigger(
+        training_job_id="job-wait", poll_interval=0.2, end_time=time.time() + 40
+    )
     if rebuild:
         trigger = _rebuilt(trigger)
     event = asyncio.run(_first_event(trigger, 45))
@@ -374,7 +376,9 @@ def test_trigger_on_a_job_that_never_ends_times_out_clearly(emulator_factory, mo
     job["timeline"] = [{"phase": "Running", "at": 0}]
     emu = emulator_factory({"jobs": [job]})
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emu.connection_json())
-    trigger = ModelArtsTrainingJobTrigger(training_job_id="job-forever", poll_interval=0.3, end_time=time.time() + 2)
+    trigger = ModelArtsTrainingJobTrigger(
+        training_job_id="job-forever", poll_interval=0.3, end_time=time.time() + 2
+    )
     if rebuild:
         trigger = _rebuilt(trigger)
     started = time.monotonic()

@@ -20,7 +20,7 @@ from airflow_provider_modelarts.archiving.staging import NAME_MAX
 from airflow_provider_modelarts.exceptions import ModelArtsUnexpectedJobError, ModelArtsValidationError
 from airflow_provider_modelarts.training_job import TrainingJob
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver
-from tests.unit.test_transfer import FakeObs, files_under, make_log
+from tests.fixtures.fake_obs import FakeObs, files_under, make_log
 
 NAME_LAYOUT = ArchiveLayout(
     path_template="{job_name}/{task_id}.log", manifest_template="{job_name}/manifest.json"

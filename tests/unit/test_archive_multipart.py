@@ -19,7 +19,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsArchiveDestinationError,
     ModelArtsArchiveStoppedError,
 )
-from tests.unit.test_transfer import FakeObs, make_log, run_one
+from tests.fixtures.fake_obs import FakeObs, make_log, run_one
 
 MiB = 1024 * 1024
 PART = 5 * MiB

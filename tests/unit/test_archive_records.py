@@ -3,65 +3,16 @@ destination errors."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import threading
-import time
 
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_modelarts.archiving import records
 from airflow_provider_modelarts.exceptions import ModelArtsArchiveDestinationError, ModelArtsLogTransferError
 from airflow_provider_modelarts.transfer import ArchiveLayout, TrainingJobLogArchiver
-from tests.unit.test_transfer import FakeObs, files_under, job_body, make_log
-
-TASKS = [f"worker-{i}" for i in range(8)]
-
-
-def run_concurrently(obs, dest, subsets, **kw):
-    """Archive ``subsets`` of the same job at the same time, each in its own archiver (like mapped tasks).
-
-    Run *i* starts ``i`` steps after run 0, so run 0 gathers the records first (seeing the fewest); all
-    runs then meet before their first manifest write, and run 0 writes last: without the re-check after
-    writing, its stale manifest would be the one left.
-    """
-    n = len(subsets)
-    barrier = threading.Barrier(n)
-    errors: list[BaseException] = []
-    real_write = records.write_bytes_atomically
-    first_write: set[str] = set()
-
-    def staged_manifest_write(path, data):
-        me = threading.current_thread().name
-        if path.name == "manifest.json" and me not in first_write:
-            first_write.add(me)
-            with contextlib.suppress(threading.BrokenBarrierError):
-                barrier.wait(timeout=5)
-            time.sleep(0.05 * (n - int(me.rsplit("-", 1)[1])))
-        real_write(path, data)
-
-    def one(index, subset):
-        time.sleep(0.05 * index)
-        try:
-            TrainingJobLogArchiver(obs.source, dest, max_workers=2, **kw).archive(
-                job_body(tasks=TASKS), task_ids=subset
-            )
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    records.write_bytes_atomically = staged_manifest_write  # type: ignore[assignment]
-    try:
-        threads = [threading.Thread(target=one, args=(i, s), name=f"run-{i}") for i, s in enumerate(subsets)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        records.write_bytes_atomically = real_write  # type: ignore[assignment]
-    assert not errors, errors
+from tests.fixtures.fake_obs import TASKS, FakeObs, files_under, job_body, make_log, run_concurrently
 
 
 def read_manifest(dest) -> dict:

@@ -8,19 +8,13 @@ import hashlib
 import json
 import logging
 import os
-import re
-import threading
 
 import pytest
-import requests
-import requests_mock
-import urllib3
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
-    ModelArtsLogLinkExpiredError,
     ModelArtsLogTransferError,
     ModelArtsTransportError,
     ModelArtsValidationError,
@@ -31,162 +25,21 @@ from airflow_provider_modelarts.transfer import (
     archive_task_log,
     redact_url,
 )
-
-OBS = "http://bucket.obs.test.local"
-LINK = re.compile(re.escape(OBS) + r"/logs/.*")
-EXPIRED_XML = (
-    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeTooSkewed</Code>'
-    b"<Message>Request has expired.</Message><RequestId>1</RequestId></Error>"
+from tests.fixtures.fake_obs import (
+    FakeObs,
+    FakeSource,
+    FlakyLinkSource,
+    api_503,
+    files_under,
+    job_body,
+    make_log,
+    run_one,
 )
-
-
-def make_log(size: int, seed: int = 0) -> bytes:
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        out += f"[seed {seed}] line {i} {'x' * (i % 37)}\n".encode()
-        i += 1
-    return bytes(out[:size])
-
-
-class DroppingBody:
-    """A response body that breaks the connection after ``drop_after`` bytes."""
-
-    def __init__(self, data: bytes, drop_after: int | None = None):
-        self.data = data
-        self.pos = 0
-        self.drop_after = drop_after
-
-    def read(self, n: int = -1, *args, **kwargs) -> bytes:
-        if self.drop_after is not None and self.pos >= self.drop_after:
-            raise urllib3.exceptions.ProtocolError("Connection broken: peer reset")
-        end = len(self.data) if n is None or n < 0 else self.pos + n
-        if self.drop_after is not None:
-            end = min(end, self.drop_after)
-        chunk = self.data[self.pos : end]
-        self.pos += len(chunk)
-        return chunk
-
-    read1 = read
-
-    @property
-    def closed(self) -> bool:
-        return self.pos >= len(self.data)
-
-    def close(self):
-        pass
-
-
-class FakeObs:
-    """Fake ModelArts (link API) + OBS (pre-signed GETs) with scripted faults per GET.
-
-    ``script`` entries are consumed one per GET: ``"ok"``, ``"expired"``, ``("drop", n)``,
-    ``"ignore_range"``, ``("short", n)`` (Content-Length claims more than is sent), ``("range_total", n)``.
-    """
-
-    def __init__(self, logs: dict[str, bytes], script=None):
-        self.logs = logs
-        self.script = list(script or [])
-        self.links = 0
-        self.gets: list[dict] = []
-        self.bytes_served = 0
-        self.sources_made = 0
-        self.threads: set[str] = set()
-        self._lock = threading.Lock()
-        self.mock = requests_mock.Mocker()
-        self.mock.get(LINK, body=self._serve)
-
-    def __enter__(self):
-        self.mock.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.mock.stop()
-
-    def _serve(self, request, context):
-        task = request.path.rsplit("/", 1)[-1].removesuffix(".log")
-        data = self.logs[task]
-        with self._lock:
-            action = self.script.pop(0) if self.script else "ok"
-        rng = request.headers.get("Range")
-        self.gets.append({"task": task, "range": rng, "action": action, "url": request.url})
-        kind, arg = (action, None) if isinstance(action, str) else action
-        if kind == "expired":
-            context.status_code = 403
-            context.headers["Content-Type"] = "application/xml"
-            return DroppingBody(EXPIRED_XML)
-        start = 0
-        if rng and kind != "ignore_range":
-            start = int(re.match(r"bytes=(\d+)-$", rng).group(1))
-            context.status_code = 206
-            total = arg if kind == "range_total" else len(data)
-            context.headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{total}"
-        body = data[start:]
-        context.headers["Content-Length"] = str(len(body))
-        if kind == "drop":
-            self.bytes_served += arg
-            return DroppingBody(body, drop_after=arg)
-        if kind == "short":
-            self.bytes_served += arg
-            return DroppingBody(body[:arg])
-        self.bytes_served += len(body)
-        return DroppingBody(body)
-
-    def source(self):
-        with self._lock:
-            self.sources_made += 1
-        return FakeSource(self)
-
-
-class FakeSource:
-    """Implements the hook contract methods the engine uses, over a real requests.Session."""
-
-    def __init__(self, obs: FakeObs):
-        self.obs = obs
-        self.session = requests.Session()
-
-    def get_task_log_url(self, training_job_id, task_id, download=False):
-        assert download is True
-        self.obs.threads.add(threading.current_thread().name)
-        with self.obs._lock:
-            self.obs.links += 1
-            n = self.obs.links
-        return f"{OBS}/logs/{training_job_id}/{task_id}.log?AccessKeyId=AK&Expires=1&Signature=SECRETSIG{n}"
-
-    def open_log_stream(self, url, *, offset=0, timeout=None):
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
-        if resp.status_code == 403:
-            body = resp.content
-            resp.close()
-            if b"RequestTimeTooSkewed" in body:
-                raise ModelArtsLogLinkExpiredError("link expired")
-            raise AssertionError(body)
-        return resp
-
-
-def job_body(job_id="job-1", phase="Completed", tasks=("worker-0",)):
-    return {
-        "metadata": {"id": job_id, "name": f"name-{job_id}"},
-        "status": {"phase": phase, "tasks": list(tasks)},
-    }
 
 
 @pytest.fixture
 def dest(tmp_path):
     return ObjectStoragePath(f"file://{tmp_path}/archive")
-
-
-def files_under(path) -> list[str]:
-    out = []
-    for root, _dirs, files in os.walk(path):
-        out += [os.path.relpath(os.path.join(root, f), path) for f in files]
-    return sorted(out)
-
-
-def run_one(obs, dest, task="worker-0", **kw):
-    kw.setdefault("phase", "Completed")
-    return archive_task_log(obs.source(), "job-1", task, dest / "job-1" / f"{task}.log", **kw)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -532,30 +385,11 @@ def test_staging_file_is_locked_while_written(dest, tmp_path):
     assert seen == [True]  # the second connection finds the first one's staging file locked
 
 
-class FlakyLinkSource(FakeSource):
-    """The link API fails with ``errors`` (one per call, in order) after the first link."""
-
-    def __init__(self, obs, errors):
-        super().__init__(obs)
-        self.errors = list(errors)
-        self.calls = 0
-
-    def get_task_log_url(self, training_job_id, task_id, download=False):
-        self.calls += 1
-        if self.calls > 1 and self.errors:
-            raise self.errors.pop(0)
-        return super().get_task_log_url(training_job_id, task_id, download)
-
-
-def _api_503():
-    return ModelArtsApiError("ModelArts answered 503", status_code=503, error_code="ModelArts.0001")
-
-
 def test_link_api_error_after_the_hooks_retries_fails_at_once(dest, tmp_path):
     """Transport retries are the hook's: a 5xx that outlasted them is not retried again by the archive."""
     data = make_log(400_000)
     with FakeObs({"worker-0": data}, script=[("drop", 150_000)]) as obs:
-        src = FlakyLinkSource(obs, [_api_503(), _api_503()])
+        src = FlakyLinkSource(obs, [api_503(), api_503()])
         with pytest.raises(ModelArtsApiError, match="503"):
             archive_task_log(
                 src,
@@ -581,7 +415,7 @@ def test_link_api_error_after_the_hooks_retries_fails_at_once(dest, tmp_path):
 def test_link_api_errors_fail_at_once(dest, tmp_path, error):
     data = make_log(200_000)
     with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
-        src = FlakyLinkSource(obs, [error, _api_503()])
+        src = FlakyLinkSource(obs, [error, api_503()])
         with pytest.raises(type(error)):
             archive_task_log(src, "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed")
     assert src.calls == 2

@@ -64,7 +64,9 @@ class HookScript:
 @pytest.fixture(autouse=True)
 def fake_hook(monkeypatch):
     HookScript.fail = set()
-    monkeypatch.setattr(notifier_module, "ModelArtsHook", lambda conn_id, **kwargs: autospec_hook(HookScript()))
+    monkeypatch.setattr(
+        notifier_module, "ModelArtsHook", lambda conn_id, **kwargs: autospec_hook(HookScript())
+    )
     return HookScript
 
 

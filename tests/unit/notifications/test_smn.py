@@ -23,7 +23,6 @@ from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, Model
 from airflow_provider_modelarts.hooks.smn import publish_url, validate_topic_urn
 from airflow_provider_modelarts.notifications import smn as smn_module
 from airflow_provider_modelarts.notifications.modelarts import ModelArtsTaskLogsNotifier
-from tests.fixtures.fake_hooks import fake_hook
 from airflow_provider_modelarts.notifications.smn import (
     MESSAGE_LIMIT_BYTES,
     SUBJECT_LIMIT_BYTES,
@@ -33,6 +32,7 @@ from airflow_provider_modelarts.notifications.smn import (
     fit_sms,
     fit_subject,
 )
+from tests.fixtures.fake_hooks import fake_hook
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000000"

@@ -13,7 +13,7 @@ from airflow.providers.common.compat.sdk import Asset, ObjectStoragePath, TaskDe
 from airflow_provider_modelarts.exceptions import ModelArtsError, ModelArtsValidationError
 from airflow_provider_modelarts.operators import modelarts as op_module
 from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
-from tests.unit.test_transfer import FakeObs, FakeSource, make_log
+from tests.fixtures.fake_obs import FakeObs, FakeSource, make_log
 
 LOGS = {"worker-0": make_log(300_000, seed=0), "worker-1": make_log(200_000, seed=1)}
 
@@ -294,13 +294,13 @@ def test_each_worker_thread_gets_its_own_hook(obs, tmp_path):
 
 def test_link_errors_after_the_hooks_retries_fail_the_task_without_a_second_retry_loop(tmp_path, monkeypatch):
     from airflow_provider_modelarts.exceptions import ModelArtsLogTransferError
-    from tests.unit.test_transfer import FlakyLinkSource, _api_503
+    from tests.fixtures.fake_obs import FlakyLinkSource, api_503
 
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
     with FakeObs({"worker-0": LOGS["worker-0"]}, script=[("drop", 100_000)]) as fake_obs:
         op, _ = make_op(fake_obs, ["Completed"], tmp_path, task_ids=["worker-0"], retry_wait=2.5)
-        source = FlakyLinkSource(fake_obs, [_api_503(), _api_503()])
+        source = FlakyLinkSource(fake_obs, [api_503(), api_503()])
         op.new_hook = lambda: source  # type: ignore[method-assign]
         with pytest.raises(ModelArtsLogTransferError, match="503"):
             op.execute(context())

@@ -12,13 +12,12 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_modelarts.exceptions import ModelArtsJobFailedError, ModelArtsResponseError
+from airflow_provider_modelarts.links import modelarts as links_module
 from airflow_provider_modelarts.links.modelarts import (
     TRAINING_JOB_XCOM_KEY,
     ModelArtsTaskLogPreviewLink,
     ModelArtsTrainingJobConsoleLink,
 )
-from airflow_provider_modelarts.links import modelarts as links_module
-from airflow_provider_modelarts.sensors import modelarts as sensor_module
 from airflow_provider_modelarts.sensors.modelarts import (
     ModelArtsTrainingJobFailed,
     ModelArtsTrainingJobSensor,

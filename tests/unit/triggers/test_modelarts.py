@@ -13,8 +13,8 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsNotFoundError,
     ModelArtsResponseError,
 )
-from airflow_provider_modelarts.triggers import modelarts as trigger_module
 from airflow_provider_modelarts.training_job import evaluate_training_job
+from airflow_provider_modelarts.triggers import modelarts as trigger_module
 from airflow_provider_modelarts.triggers.modelarts import (
     ModelArtsTrainingJobTrigger,
     shared_hooks,
@@ -211,7 +211,9 @@ def test_timeout_event(fake_hook):
 
 def test_retryable_errors_until_timeout_still_end_with_timeout(fake_hook):
     fake_hook(ModelArtsApiError("throttled", status_code=429))
-    [event] = run(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0.01, end_time=time.time() + 0.1))
+    [event] = run(
+        ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=0.01, end_time=time.time() + 0.1)
+    )
     assert event["status"] == "timeout"
 
 
@@ -250,7 +252,9 @@ def test_cancelled_trigger_releases_the_hook(fake_hook):
     hook = fake_hook(job_body("Running"))
 
     async def main():
-        task = asyncio.create_task(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=10)))
+        task = asyncio.create_task(
+            collect(ModelArtsTrainingJobTrigger(training_job_id=JOB, poll_interval=10))
+        )
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -314,7 +318,9 @@ def test_polls_in_flight_are_capped(monkeypatch):
     monkeypatch.setattr(type(shared_hooks), "max_in_flight", 4)
 
     async def main():
-        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(30)))
+        return await asyncio.gather(
+            *(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(30))
+        )
 
     results = asyncio.run(main())
     assert all(r[0]["status"] == "success" for r in results)
@@ -349,7 +355,9 @@ def test_triggers_share_one_real_hook_and_its_client(monkeypatch):
     )
 
     async def main():
-        return await asyncio.gather(*(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(5)))
+        return await asyncio.gather(
+            *(collect(ModelArtsTrainingJobTrigger(training_job_id=JOB)) for _ in range(5))
+        )
 
     results = asyncio.run(main())
     assert all(r[0]["status"] == "success" for r in results)

@@ -25,6 +25,7 @@ from airflow_provider_modelarts.transfer import (
     archive_task_log,
     redact_url,
 )
+from tests.fixtures.fake_hooks import fake_hook
 from tests.fixtures.fake_obs import (
     FakeObs,
     FakeSource,
@@ -392,7 +393,7 @@ def test_link_api_error_after_the_hooks_retries_fails_at_once(dest, tmp_path):
         src = FlakyLinkSource(obs, [api_503(), api_503()])
         with pytest.raises(ModelArtsApiError, match="503"):
             archive_task_log(
-                src,
+                fake_hook(src),
                 "job-1",
                 "worker-0",
                 dest / "job-1" / "worker-0.log",
@@ -417,7 +418,9 @@ def test_link_api_errors_fail_at_once(dest, tmp_path, error):
     with FakeObs({"worker-0": data}, script=[("drop", 50_000)]) as obs:
         src = FlakyLinkSource(obs, [error, api_503()])
         with pytest.raises(type(error)):
-            archive_task_log(src, "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed")
+            archive_task_log(
+                fake_hook(src), "job-1", "worker-0", dest / "job-1" / "worker-0.log", phase="Completed"
+            )
     assert src.calls == 2
     assert files_under(tmp_path / "archive") == []
 

@@ -13,13 +13,14 @@ from airflow.providers.common.compat.sdk import Asset, ObjectStoragePath, TaskDe
 from airflow_provider_modelarts.exceptions import ModelArtsError, ModelArtsValidationError
 from airflow_provider_modelarts.operators import modelarts as op_module
 from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
+from tests.fixtures.fake_hooks import fake_hook
 from tests.fixtures.fake_obs import FakeObs, FakeSource, make_log
 
 LOGS = {"worker-0": make_log(300_000, seed=0), "worker-1": make_log(200_000, seed=1)}
 
 
-class FakeHook(FakeSource):
-    """The hook contract: job status from a scripted phase sequence, logs from FakeObs."""
+class JobScript(FakeSource):
+    """What the (autospecced) hook answers: job status from a scripted phase sequence, logs from FakeObs."""
 
     def __init__(self, obs, phases, tasks=tuple(LOGS)):
         super().__init__(obs)
@@ -49,10 +50,10 @@ def make_op(obs, phases, tmp_path, **kw):
     kw.setdefault("destination", f"file://{tmp_path}/archive")
     kw.setdefault("poll_interval", 0)
     op = ModelArtsArchiveTaskLogsOperator(task_id="archive", training_job_id="job-1", **kw)
-    fake = FakeHook(obs, phases)
-    op.__dict__["hook"] = fake
-    op.new_hook = lambda: FakeSource(obs)  # type: ignore[method-assign]
-    return op, fake
+    script = JobScript(obs, phases)
+    op.__dict__["hook"] = fake_hook(script)
+    op.new_hook = obs.source  # type: ignore[method-assign]
+    return op, script
 
 
 def context():
@@ -287,7 +288,7 @@ def test_links_are_persisted_and_asset_event_extra_is_set(obs, tmp_path):
 def test_each_worker_thread_gets_its_own_hook(obs, tmp_path):
     op, _ = make_op(obs, ["Completed"], tmp_path, max_workers=2)
     made = []
-    op.new_hook = lambda: made.append(1) or FakeSource(obs)  # type: ignore[method-assign]
+    op.new_hook = lambda: made.append(1) or fake_hook(FakeSource(obs))  # type: ignore[method-assign]
     op.execute(context())
     assert 1 <= len(made) <= 2
 
@@ -301,7 +302,8 @@ def test_link_errors_after_the_hooks_retries_fail_the_task_without_a_second_retr
     with FakeObs({"worker-0": LOGS["worker-0"]}, script=[("drop", 100_000)]) as fake_obs:
         op, _ = make_op(fake_obs, ["Completed"], tmp_path, task_ids=["worker-0"], retry_wait=2.5)
         source = FlakyLinkSource(fake_obs, [api_503(), api_503()])
-        op.new_hook = lambda: source  # type: ignore[method-assign]
+        hook = fake_hook(source)
+        op.new_hook = lambda: hook  # type: ignore[method-assign]
         with pytest.raises(ModelArtsLogTransferError, match="503"):
             op.execute(context())
     assert source.calls == 2 and sleeps == []

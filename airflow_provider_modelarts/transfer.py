@@ -2,7 +2,7 @@
 
 The engine knows nothing about Airflow operators: it takes something that can hand out log links and open
 them (the :class:`~airflow_provider_modelarts.hooks.modelarts.ModelArtsHook` contract, see
-:class:`LogSource`) and a destination path, so it can be tested with a fake source and a local directory.
+:class:`LogLinkSource`) and a destination path, so it can be tested with a fake source and a local directory.
 
 Default layout under the destination::
 
@@ -35,7 +35,7 @@ from airflow_provider_modelarts.archiving.log_copy import (
     DEFAULT_STALL_WINDOW,
     CopySettings,
     LogCopy,
-    LogSource,
+    LogLinkSource,
     StopSignal,
     TaskArchive,
     archive_task_log,
@@ -73,7 +73,7 @@ __all__ = [
     "STOP_GRACE",
     "ArchiveLayout",
     "JobArchiveResult",
-    "LogSource",
+    "LogLinkSource",
     "StagedObject",
     "StopSignal",
     "TaskArchive",
@@ -119,7 +119,7 @@ def read_manifest(path: ObjectStoragePath) -> dict[str, Any] | None:
 class TrainingJobLogArchiver:
     """Archives the logs of a training job's tasks concurrently and writes the manifest.
 
-    :param source_factory: returns a :class:`LogSource`; called once per worker thread, since the hook's
+    :param source_factory: returns a :class:`LogLinkSource`; called once per worker thread, since the hook's
         ``requests.Session`` is not meant to be shared between threads.
     :param destination: root of the archive.
     :param layout: object layout under ``destination``.
@@ -137,7 +137,7 @@ class TrainingJobLogArchiver:
 
     def __init__(
         self,
-        source_factory: Callable[[], LogSource],
+        source_factory: Callable[[], LogLinkSource],
         destination: ObjectStoragePath,
         *,
         layout: ArchiveLayout | None = None,
@@ -174,7 +174,7 @@ class TrainingJobLogArchiver:
         """Stop the archive: running copies stop at their next read, queued ones never start."""
         self.stop_signal.stop()
 
-    def _source(self) -> LogSource:
+    def _source(self) -> LogLinkSource:
         src = getattr(self._local, "source", None)
         if src is None:
             src = self._local.source = self.source_factory()

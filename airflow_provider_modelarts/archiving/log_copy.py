@@ -69,7 +69,7 @@ __all__ = [
     "CopySettings",
     "CopyState",
     "LogCopy",
-    "LogSource",
+    "LogLinkSource",
     "StopSignal",
     "TaskArchive",
     "archive_task_log",
@@ -94,7 +94,7 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class LogSource(Protocol):
+class LogLinkSource(Protocol):
     """What the copy needs from the hook (a subset of ``ModelArtsHook``)."""
 
     def get_task_log_url(self, training_job_id: str, task_id: str, download: bool = False) -> str: ...
@@ -156,7 +156,8 @@ class TaskArchive:
     stored_size: int | None = None
     stored_sha256: str | None = None
     content_length: int | None = None
-    attempts: int = 1
+    connections: int = 1
+    """Connections opened to read the log (1 when nothing interrupted the copy)."""
     restarts: int = 0
     seconds: float = 0.0
     skipped: bool = False
@@ -165,6 +166,8 @@ class TaskArchive:
     def from_entry(cls, entry: dict[str, Any], *, skipped: bool) -> TaskArchive:
         """The archive a (checked) manifest entry describes."""
         known = {f.name for f in fields(cls)}
+        if "attempts" in entry and "connections" not in entry:  # manifests written before 0.x renamed it
+            entry = {**entry, "connections": entry["attempts"]}
         return cls(**{**{k: v for k, v in entry.items() if k in known}, "skipped": skipped})
 
     def manifest_entry(self) -> dict[str, Any]:
@@ -248,7 +251,7 @@ class CopyState(enum.Enum):
 class LogCopy:
     """Copies one task's log to ``target``; see the module docstring for the states.
 
-    :param source: the hook (or anything implementing :class:`LogSource`).
+    :param source: the hook (or anything implementing :class:`LogLinkSource`).
     :param training_job_id: the job.
     :param task_id: the task.
     :param target: final object path; nothing appears there unless the copy is complete and verified.
@@ -262,7 +265,7 @@ class LogCopy:
 
     def __init__(
         self,
-        source: LogSource,
+        source: LogLinkSource,
         training_job_id: str,
         task_id: str,
         target: ObjectStoragePath,
@@ -571,7 +574,7 @@ class LogCopy:
             stored_size=pipeline.stored_size,
             stored_sha256=pipeline.stored_sha256.hexdigest() if compressed else sha,
             content_length=self.content_length,
-            attempts=self.connections,
+            connections=self.connections,
             restarts=self.restarts,
             seconds=round(self.clock() - self._started, 3),
         )
@@ -602,14 +605,14 @@ class LogCopy:
             r.seconds,
             r.size / max(r.seconds, 1e-9) / 1e6,
             r.sha256,
-            r.attempts,
+            r.connections,
             r.restarts,
             f", stored {fmt_bytes(r.stored_size or 0)} gzip" if r.compression else "",
         )
 
 
 def archive_task_log(
-    source: LogSource,
+    source: LogLinkSource,
     training_job_id: str,
     task_id: str,
     target: ObjectStoragePath,

@@ -68,7 +68,7 @@ def test_multipart_log_to_s3_holds_the_exact_bytes(emu, aws_s3_conn, s3_bucket, 
     head = client.head_object(Bucket=s3_bucket, Key="a/job-multi/worker-0.log", PartNumber=1)
     assert head["PartsCount"] == 4 and head["ContentLength"] == PART_SIZE
     manifest = json.loads(ObjectStoragePath(result["manifest"], conn_id=aws_s3_conn).read_bytes())
-    assert manifest["tasks"][0]["attempts"] == 2 and manifest["tasks"][0]["sha256"] == expected
+    assert manifest["tasks"][0]["connections"] == 2 and manifest["tasks"][0]["sha256"] == expected
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 

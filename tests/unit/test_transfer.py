@@ -54,7 +54,7 @@ def test_plain_copy_is_verified_and_leaves_no_staging_files(dest, tmp_path):
     assert final.read_bytes() == data
     assert res.size == len(data) == res.content_length == res.stored_size
     assert res.sha256 == hashlib.sha256(data).hexdigest() == res.stored_sha256
-    assert res.attempts == 1 and res.restarts == 0 and res.complete
+    assert res.connections == 1 and res.restarts == 0 and res.complete
     assert files_under(tmp_path / "archive") == ["job-1/worker-0.log"]
     assert [g["range"] for g in obs.gets] == [None]
 
@@ -74,7 +74,7 @@ def test_expired_link_gets_a_fresh_link_and_resumes_with_range(dest, tmp_path, c
     assert len({g["url"] for g in obs.gets}) == 3
     # resumed, not restarted: nothing served twice
     assert obs.bytes_served == len(data)
-    assert res.restarts == 0 and res.attempts == 3
+    assert res.restarts == 0 and res.connections == 3
     assert "expired" in caplog.text and "dropped" in caplog.text
     assert "SECRETSIG" not in caplog.text and "Signature" not in caplog.text
 

@@ -284,8 +284,8 @@ class StagedObject:
         view = memoryview(data).cast("B")
         end = len(view)
         done = self._write_direct(view) if self._direct else 0
-        # Through the page cache, local files take the data in 16 KiB slices through an unbuffered file:
-        # measured on Linux (1 GiB logs), that cost about half the kernel CPU time of 256 KiB-4 MiB writes.
+        # Through the page cache, local files take the data in LOCAL_WRITE_SLICE slices through an
+        # unbuffered file, which costs less kernel CPU than large writes (see docs/benchmarks.md).
         write = self._fh.write
         while done < end:
             done += write(view[done : done + LOCAL_WRITE_SLICE])

@@ -23,6 +23,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, task
 
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 from airflow_provider_modelarts.triggers.modelarts import ModelArtsTrainingJobEventTrigger
 
@@ -40,7 +41,7 @@ training_jobs = Asset(
         AssetWatcher(
             name="modelarts_training_job_finished",
             trigger=ModelArtsTrainingJobEventTrigger(
-                modelarts_conn_id="modelarts_default",
+                modelarts_conn_id=DEFAULT_CONN_ID,
                 poll_interval=POLL_INTERVAL,
                 name_filter=NAME_FILTER,
             ),

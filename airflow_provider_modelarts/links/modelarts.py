@@ -148,17 +148,22 @@ def _job_for(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and value.get("training_job_id") else None
 
 
+def _read_job_for_link(operator: Any, ti_key: TaskInstanceKey) -> dict[str, Any] | None:
+    """:func:`_job_for`, or ``None`` (logged) when it cannot be read: a link never breaks the UI."""
+    try:
+        return _job_for(operator, ti_key)
+    except Exception:
+        log.warning("Could not read the ModelArts training job of the link from XCom", exc_info=True)
+        return None
+
+
 class ModelArtsTrainingJobConsoleLink(BaseOperatorLink):
     """Link to the training job's page in the ModelArts console of the connection's region."""
 
     name = "ModelArts Training Job"
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
-        try:
-            stored = _job_for(operator, ti_key)
-        except Exception:
-            log.warning("Could not read the ModelArts console link from XCom", exc_info=True)
-            return ""
+        stored = _read_job_for_link(operator, ti_key)
         return str(stored.get("console_url") or "") if stored else ""
 
 
@@ -173,11 +178,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
     name = "ModelArts Task Log (preview)"
 
     def get_link(self, operator: Any, *, ti_key: TaskInstanceKey) -> str:
-        try:
-            stored = _job_for(operator, ti_key)
-        except Exception:
-            log.warning("Could not read the ModelArts job from XCom", exc_info=True)
-            return ""
+        stored = _read_job_for_link(operator, ti_key)
         if not stored:
             return ""
         fallback = str(stored.get("console_url") or "")

@@ -24,6 +24,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsLogLinkExpiredError,
     ModelArtsValidationError,
 )
+from airflow_provider_modelarts.hooks.modelarts import log_url_expires_at
 from airflow_provider_modelarts.states import TrainingJobPhase
 from airflow_provider_modelarts.training_job import TrainingJob
 
@@ -373,8 +374,6 @@ class _StreamerBase:
         return link.url
 
     def _remember_link(self, worker: str, url: str) -> None:
-        from airflow_provider_modelarts.hooks.modelarts import log_url_expires_at
-
         self.links[worker] = _Link(url, log_url_expires_at(url).timestamp())
 
     def _note_error(self, worker: str, err: Exception) -> None:

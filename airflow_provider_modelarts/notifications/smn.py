@@ -16,6 +16,7 @@ from airflow.providers.common.compat.sdk import BaseNotifier
 from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
 from airflow_provider_modelarts.exceptions import ModelArtsValidationError
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
+from airflow_provider_modelarts.hooks.smn import apublish_message, publish_message, validate_topic_urn
 from airflow_provider_modelarts.notifications.modelarts import TemplatableDag, make_context_templatable
 
 if TYPE_CHECKING:
@@ -302,8 +303,6 @@ class SmnNotifier(BaseNotifier):
 
         :param context: the Airflow context, for the note of a cut message.
         """
-        from airflow_provider_modelarts.hooks.smn import validate_topic_urn
-
         validate_topic_urn(self.topic_urn)
         return build_publish_body(
             subject=self.subject,
@@ -313,16 +312,12 @@ class SmnNotifier(BaseNotifier):
         )
 
     def notify(self, context: Context) -> None:
-        from airflow_provider_modelarts.hooks.smn import publish_message
-
         body = self.build_body(context)
         answer = publish_message(self.get_hook(), topic_urn=self.topic_urn, body=body)
         self._log_answer(answer)
 
     async def async_notify(self, context: Context) -> None:
         """Publish without blocking the event loop (Airflow runs async notifiers in the triggerer)."""
-        from airflow_provider_modelarts.hooks.smn import apublish_message
-
         body = self.build_body(context)
         hook = self.get_async_hook()
         try:

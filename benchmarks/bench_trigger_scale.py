@@ -211,7 +211,10 @@ async def watch_all(job_ids: list[str], poll_interval: float, gc_freeze: bool, s
 
     async def one(job_id: str) -> dict:
         trigger = ModelArtsTrainingJobTrigger(
-            job_id, poll_interval=poll_interval, end_time=time.time() + 600, stream_logs=stream
+            training_job_id=job_id,
+            poll_interval=poll_interval,
+            end_time=time.time() + 600,
+            stream_logs=stream,
         )
         async for event in trigger.run():
             arrivals.append(time.monotonic() - started)

@@ -98,7 +98,7 @@ def test_file_destination_survives_drops_and_throttling(emu, tmp_path):
     total = sum(emu.log_size("job-big", t) for t in ("worker-0", "worker-1", "worker-2"))
     assert emu.counters["bytes_served"] <= total + 4 * (1 * MiB + 5)
     manifest = json.loads((tmp_path / "a/job-big/manifest.json").read_text())
-    assert sum(e["attempts"] for e in manifest["tasks"]) >= 3 + 4  # one connection per task + one per drop
+    assert sum(e["connections"] for e in manifest["tasks"]) >= 3 + 4  # one connection per task + one per drop
 
 
 class SlowStartHook(ModelArtsHook):
@@ -127,7 +127,7 @@ def test_expired_links_are_renewed_and_the_download_resumes(emu, tmp_path, caplo
     data = (tmp_path / "x/worker-0.log").read_bytes()
     assert hashlib.sha256(data).hexdigest() == emu.log_sha256("job-big", "worker-0") == res.sha256
     # 1st GET: expired (slow start); 2nd: dropped at 2 MiB; 3rd: expired; 4th: resumes with Range
-    assert res.attempts == 4 and res.restarts == 0
+    assert res.connections == 4 and res.restarts == 0
     assert emu.counters["log_url"] == 4
     assert "expired" in caplog.text
     assert "Signature=" not in caplog.text

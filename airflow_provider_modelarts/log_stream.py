@@ -414,6 +414,29 @@ class _StreamerBase:
             )
         )
 
+    def _apply_range(self, worker: str, part: dict[str, Any]) -> list[str]:
+        """The lines of a ranged read (``read_log_range``'s answer) of ``worker``'s log."""
+        return self.state.apply_range(
+            worker,
+            part["data"],
+            start=part["start"],
+            total=part["total"],
+            max_bytes=self.max_bytes,
+            where=self._where(worker),
+        )
+
+    def _apply_preview(self, worker: str, preview: dict[str, Any]) -> list[str]:
+        """The lines of a preview (``preview_task_log``'s answer) of ``worker``'s log."""
+        if self._needs_tail_start(worker):
+            self._start_at_tail(worker, preview["full_size"])
+        return self.state.apply_preview(
+            worker,
+            preview["content"],
+            full_size=preview["full_size"],
+            max_bytes=self.max_bytes,
+            where=self._where(worker),
+        )
+
     @staticmethod
     def _is_refused_link(err: Exception) -> bool:
         return isinstance(err, ModelArtsAuthError) and err.status_code == 403
@@ -472,26 +495,11 @@ class LogStreamer(_StreamerBase):
         except ModelArtsLogLinkExpiredError:
             self.links.pop(worker, None)
             raise
-        return self.state.apply_range(
-            worker,
-            part["data"],
-            start=part["start"],
-            total=part["total"],
-            max_bytes=self.max_bytes,
-            where=self._where(worker),
-        )
+        return self._apply_range(worker, part)
 
     def _read_preview(self, worker: str) -> list[str]:
         preview = self.hook.preview_task_log(self.training_job_id, worker)
-        if self._needs_tail_start(worker):
-            self._start_at_tail(worker, preview["full_size"])
-        return self.state.apply_preview(
-            worker,
-            preview["content"],
-            full_size=preview["full_size"],
-            max_bytes=self.max_bytes,
-            where=self._where(worker),
-        )
+        return self._apply_preview(worker, preview)
 
 
 class AsyncLogStreamer(_StreamerBase):
@@ -541,26 +549,11 @@ class AsyncLogStreamer(_StreamerBase):
         except ModelArtsLogLinkExpiredError:
             self.links.pop(worker, None)
             raise
-        return self.state.apply_range(
-            worker,
-            part["data"],
-            start=part["start"],
-            total=part["total"],
-            max_bytes=self.max_bytes,
-            where=self._where(worker),
-        )
+        return self._apply_range(worker, part)
 
     async def _read_preview(self, worker: str) -> list[str]:
         preview = await self.hook.preview_task_log(self.training_job_id, worker)
-        if self._needs_tail_start(worker):
-            self._start_at_tail(worker, preview["full_size"])
-        return self.state.apply_preview(
-            worker,
-            preview["content"],
-            full_size=preview["full_size"],
-            max_bytes=self.max_bytes,
-            where=self._where(worker),
-        )
+        return self._apply_preview(worker, preview)
 
 
 class ContextLogStream:

@@ -308,6 +308,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 def test_tls_verified_by_default_and_verify_false_warns_once(tmp_path, monkeypatch, caplog):
     import ssl
 
+    from airflow_provider_modelarts import connection as connection_module
     from airflow_provider_modelarts.exceptions import ModelArtsError
     from airflow_provider_modelarts.hooks import modelarts as hook_module
     from tests.reliability._servers import Answer, ScriptedServer
@@ -330,7 +331,7 @@ def test_tls_verified_by_default_and_verify_false_warns_once(tmp_path, monkeypat
             }
         )
 
-    monkeypatch.setattr(hook_module, "_verify_warned", False)
+    monkeypatch.setattr(connection_module, "_verify_warned", False)
     with server:
         monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn())
         default_hook = hook_module.ModelArtsHook(

@@ -325,83 +325,25 @@ class ModelArtsConnectionConfig:
         if isinstance(security_token, str) and security_token:
             register(security_token)
 
-        if "project_id" not in extras or extras["project_id"] in (None, ""):
-            raise ModelArtsConfigError(
-                "extra 'project_id' is required: the Huawei Cloud project id (1-64 letters, digits or '-')"
-            )
-        project_id = extras["project_id"]
-        if not isinstance(project_id, str) or not _PROJECT_ID_RE.fullmatch(project_id):
-            raise ModelArtsConfigError(
-                f"extra 'project_id' must be 1-64 letters, digits or '-', got {project_id!r:.80}"
-            )
-
+        project_id = _parse_project_id(extras)
         region = _optional_str(extras, "region")
         if region is not None and not _REGION_RE.fullmatch(region):
             raise ModelArtsConfigError(f"extra 'region' must be a region id like cn-north-4, got {region!r}")
-
         raw_auth = extras.get("auth_type")
         auth_type = "aksk" if raw_auth in (None, "") else str(raw_auth).strip().lower()
         if auth_type not in _AUTH_TYPES:
             raise ModelArtsConfigError(f"extra 'auth_type' must be 'aksk' or 'token', got {raw_auth!r}")
-
-        endpoint_value = _optional_str(extras, "endpoint")
-        if endpoint_value is not None:
-            endpoint = _validate_base_url(endpoint_value, "endpoint")
-        elif region is not None:
-            endpoint = region_endpoint(region)
-        else:
-            ignored = (
-                f"; the host field ({host!r}) is not used, put the URL in extra 'endpoint'" if host else ""
-            )
-            raise ModelArtsConfigError(
-                f"extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required{ignored}"
-            )
-        if region is None:
-            match = _REGION_IN_HOST_RE.match(urlsplit(endpoint).hostname or "")
-            region = match.group(1) if match else None
-
+        endpoint, region = _parse_endpoint(extras, region, host)
         login = login.strip() if isinstance(login, str) else login
-        values: dict[str, Any] = {}
         if auth_type == "aksk":
-            if not login:
-                raise ModelArtsConfigError("login is required: the Access Key (AK) for auth_type 'aksk'")
-            if not password:
-                raise ModelArtsConfigError("password is required: the Secret Key (SK) for auth_type 'aksk'")
-            values.update(
-                access_key=login,
-                secret_key=password,
-                security_token=_optional_str(extras, "security_token"),
-            )
-            iam_endpoint = None
+            values = _aksk_values(login, password, extras)
         else:
-            if not login:
-                raise ModelArtsConfigError("login is required: the IAM user name for auth_type 'token'")
-            if not password:
-                raise ModelArtsConfigError(
-                    "password is required: the IAM user password for auth_type 'token'"
-                )
-            if _optional_str(extras, "security_token") is not None:
-                raise ModelArtsConfigError("extra 'security_token' applies to auth_type 'aksk' only")
-            iam_value = _optional_str(extras, "iam_endpoint")
-            if iam_value is not None:
-                iam_endpoint = _validate_base_url(iam_value, "iam_endpoint")
-            elif region is not None:
-                iam_endpoint = region_iam_endpoint(region)
-            else:
-                raise ModelArtsConfigError(
-                    "extra 'iam_endpoint' (https://host[:port]) or 'region' is required for auth_type 'token'"
-                )
-            values.update(
-                user_name=login,
-                password=password,
-                domain_name=_optional_str(extras, "domain_name") or login,
-            )
+            values = _token_values(login, password, extras, region)
         return cls(
             project_id=project_id,
             endpoint=endpoint,
             auth_type=auth_type,
             region=region,
-            iam_endpoint=iam_endpoint,
             verify=_parse_bool_or_path(extras.get("verify")),
             request_timeout=_parse_request_timeout(extras.get("request_timeout")),
             max_retries=_parse_max_retries(extras.get("max_retries")),
@@ -445,6 +387,78 @@ class ModelArtsConnectionConfig:
             project_id=self.project_id,
             security_token=self.security_token,
         )
+
+
+def _parse_project_id(extras: Mapping[str, Any]) -> str:
+    if "project_id" not in extras or extras["project_id"] in (None, ""):
+        raise ModelArtsConfigError(
+            "extra 'project_id' is required: the Huawei Cloud project id (1-64 letters, digits or '-')"
+        )
+    project_id = extras["project_id"]
+    if not isinstance(project_id, str) or not _PROJECT_ID_RE.fullmatch(project_id):
+        raise ModelArtsConfigError(
+            f"extra 'project_id' must be 1-64 letters, digits or '-', got {project_id!r:.80}"
+        )
+    return project_id
+
+
+def _parse_endpoint(
+    extras: Mapping[str, Any], region: str | None, host: str | None
+) -> tuple[str, str | None]:
+    """``(endpoint, region)``: the extra ``endpoint`` or the region's; the region read from the host if unset."""
+    endpoint_value = _optional_str(extras, "endpoint")
+    if endpoint_value is not None:
+        endpoint = _validate_base_url(endpoint_value, "endpoint")
+    elif region is not None:
+        endpoint = region_endpoint(region)
+    else:
+        ignored = f"; the host field ({host!r}) is not used, put the URL in extra 'endpoint'" if host else ""
+        raise ModelArtsConfigError(
+            f"extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required{ignored}"
+        )
+    if region is None:
+        match = _REGION_IN_HOST_RE.match(urlsplit(endpoint).hostname or "")
+        region = match.group(1) if match else None
+    return endpoint, region
+
+
+def _aksk_values(login: str | None, password: str | None, extras: Mapping[str, Any]) -> dict[str, Any]:
+    if not login:
+        raise ModelArtsConfigError("login is required: the Access Key (AK) for auth_type 'aksk'")
+    if not password:
+        raise ModelArtsConfigError("password is required: the Secret Key (SK) for auth_type 'aksk'")
+    return dict(
+        access_key=login,
+        secret_key=password,
+        security_token=_optional_str(extras, "security_token"),
+        iam_endpoint=None,
+    )
+
+
+def _token_values(
+    login: str | None, password: str | None, extras: Mapping[str, Any], region: str | None
+) -> dict[str, Any]:
+    if not login:
+        raise ModelArtsConfigError("login is required: the IAM user name for auth_type 'token'")
+    if not password:
+        raise ModelArtsConfigError("password is required: the IAM user password for auth_type 'token'")
+    if _optional_str(extras, "security_token") is not None:
+        raise ModelArtsConfigError("extra 'security_token' applies to auth_type 'aksk' only")
+    iam_value = _optional_str(extras, "iam_endpoint")
+    if iam_value is not None:
+        iam_endpoint = _validate_base_url(iam_value, "iam_endpoint")
+    elif region is not None:
+        iam_endpoint = region_iam_endpoint(region)
+    else:
+        raise ModelArtsConfigError(
+            "extra 'iam_endpoint' (https://host[:port]) or 'region' is required for auth_type 'token'"
+        )
+    return dict(
+        user_name=login,
+        password=password,
+        domain_name=_optional_str(extras, "domain_name") or login,
+        iam_endpoint=iam_endpoint,
+    )
 
 
 def _parse_extra(extra: Any) -> dict[str, Any]:

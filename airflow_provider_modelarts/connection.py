@@ -402,16 +402,22 @@ def _parse_project_id(extras: Mapping[str, Any]) -> str:
     return project_id
 
 
+def _url_or_region(
+    extras: Mapping[str, Any], key: str, region: str | None, from_region: Callable[[str], str]
+) -> str | None:
+    """The extra ``key`` as a validated base URL, else the region's endpoint, else None."""
+    value = _optional_str(extras, key)
+    if value is not None:
+        return _validate_base_url(value, key)
+    return None if region is None else from_region(region)
+
+
 def _parse_endpoint(
     extras: Mapping[str, Any], region: str | None, host: str | None
 ) -> tuple[str, str | None]:
     """``(endpoint, region)``: the extra ``endpoint`` or the region's; the region read from the host if unset."""
-    endpoint_value = _optional_str(extras, "endpoint")
-    if endpoint_value is not None:
-        endpoint = _validate_base_url(endpoint_value, "endpoint")
-    elif region is not None:
-        endpoint = region_endpoint(region)
-    else:
+    endpoint = _url_or_region(extras, "endpoint", region, region_endpoint)
+    if endpoint is None:
         ignored = f"; the host field ({host!r}) is not used, put the URL in extra 'endpoint'" if host else ""
         raise ModelArtsConfigError(
             f"extra 'region' (e.g. cn-north-4) or 'endpoint' (https://host[:port]) is required{ignored}"
@@ -422,11 +428,14 @@ def _parse_endpoint(
     return endpoint, region
 
 
+def _require(name: str, value: str | None, what: str) -> None:
+    if not value:
+        raise ModelArtsConfigError(f"{name} is required: {what}")
+
+
 def _aksk_values(login: str | None, password: str | None, extras: Mapping[str, Any]) -> dict[str, Any]:
-    if not login:
-        raise ModelArtsConfigError("login is required: the Access Key (AK) for auth_type 'aksk'")
-    if not password:
-        raise ModelArtsConfigError("password is required: the Secret Key (SK) for auth_type 'aksk'")
+    _require("login", login, "the Access Key (AK) for auth_type 'aksk'")
+    _require("password", password, "the Secret Key (SK) for auth_type 'aksk'")
     return dict(
         access_key=login,
         secret_key=password,
@@ -438,18 +447,12 @@ def _aksk_values(login: str | None, password: str | None, extras: Mapping[str, A
 def _token_values(
     login: str | None, password: str | None, extras: Mapping[str, Any], region: str | None
 ) -> dict[str, Any]:
-    if not login:
-        raise ModelArtsConfigError("login is required: the IAM user name for auth_type 'token'")
-    if not password:
-        raise ModelArtsConfigError("password is required: the IAM user password for auth_type 'token'")
+    _require("login", login, "the IAM user name for auth_type 'token'")
+    _require("password", password, "the IAM user password for auth_type 'token'")
     if _optional_str(extras, "security_token") is not None:
         raise ModelArtsConfigError("extra 'security_token' applies to auth_type 'aksk' only")
-    iam_value = _optional_str(extras, "iam_endpoint")
-    if iam_value is not None:
-        iam_endpoint = _validate_base_url(iam_value, "iam_endpoint")
-    elif region is not None:
-        iam_endpoint = region_iam_endpoint(region)
-    else:
+    iam_endpoint = _url_or_region(extras, "iam_endpoint", region, region_iam_endpoint)
+    if iam_endpoint is None:
         raise ModelArtsConfigError(
             "extra 'iam_endpoint' (https://host[:port]) or 'region' is required for auth_type 'token'"
         )

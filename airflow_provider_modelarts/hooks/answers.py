@@ -38,7 +38,17 @@ __all__ = [
 ]
 
 DEFAULT_LOG_LINK_TTL = 300
+"""Seconds a log link is assumed to live when it carries no expiry."""
 _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+def _bad_answer(call: ApiCall, status: int, what: str) -> ModelArtsResponseError:
+    return ModelArtsResponseError(
+        f"ModelArts {call.method} {call.path} answered {what}",
+        status_code=status,
+        method=call.method,
+        path=call.path,
+    )
 
 
 def log_url_expires_at(url: str, *, default_ttl: int = DEFAULT_LOG_LINK_TTL) -> datetime:
@@ -140,12 +150,7 @@ def log_url_from(
 def preview_from(call: ApiCall, payload: Any, status: int) -> dict[str, Any]:
     content = payload.get("content", payload.get("context")) if isinstance(payload, dict) else None
     if not isinstance(content, str):
-        raise ModelArtsResponseError(
-            f"ModelArts {call.method} {call.path} answered without a text 'content'",
-            status_code=status,
-            method=call.method,
-            path=call.path,
-        )
+        raise _bad_answer(call, status, "without a text 'content'")
     size = len(content.encode("utf-8"))
 
     def as_int(key: str, default: int) -> int:
@@ -188,12 +193,7 @@ def content_range(status: int, value: str | None) -> tuple[int | None, int | Non
 def event_list(call: ApiCall, payload: Any, status: int) -> list[dict]:
     events = payload.get("events") if isinstance(payload, dict) else None
     if not isinstance(events, list):
-        raise ModelArtsResponseError(
-            f"ModelArts {call.method} {call.path} answered without an events list",
-            status_code=status,
-            method=call.method,
-            path=call.path,
-        )
+        raise _bad_answer(call, status, "without an events list")
     return [
         {k: str(e.get(k) or "") for k in ("message", "level", "time", "source")}
         for e in events
@@ -208,10 +208,5 @@ def task_list(call: ApiCall, payload: Any, status: int) -> list[dict]:
                 payload = payload[key]
                 break
     if not isinstance(payload, list):
-        raise ModelArtsResponseError(
-            f"ModelArts {call.method} {call.path} answered without a task list",
-            status_code=status,
-            method=call.method,
-            path=call.path,
-        )
+        raise _bad_answer(call, status, "without a task list")
     return [task for task in payload if isinstance(task, dict)]

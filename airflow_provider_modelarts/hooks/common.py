@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import tenacity
+from airflow.providers.common.compat.sdk import BaseHook
 
-from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID, ModelArtsConnectionConfig
 from airflow_provider_modelarts.hooks.calls import ApiCall
 from airflow_provider_modelarts.redaction import install_urllib3_log_filter
 from airflow_provider_modelarts.retry import retry_policy
 
-__all__ = ["ERROR_BODY_LIMIT", "HookOptions", "raise_for_answer"]
+__all__ = ["ERROR_BODY_LIMIT", "HookOptions", "ModelArtsHookBase", "raise_for_answer"]
 
 ERROR_BODY_LIMIT = 64 * 1024
 """Most bytes of an error answer read to build the error."""
@@ -70,3 +71,38 @@ def raise_for_answer(
     if 200 <= status < 300:
         return
     raise call.error_answer(status, headers, read_body())
+
+
+class ModelArtsHookBase(BaseHook):
+    """The connection id and per-hook options of both ModelArts hooks.
+
+    :param modelarts_conn_id: the ``modelarts`` connection id.
+    :param retry_wait: a tenacity wait strategy replacing the default backoff (which also honours
+        ``Retry-After``); e.g. ``tenacity.wait_none()`` in tests.
+    :param max_retries: retries after the first attempt; default from the connection (5).
+    :param request_timeout: per-request timeout in seconds; default from the connection's extra
+        ``request_timeout`` (30).
+    """
+
+    conn_name_attr = "modelarts_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = "modelarts"
+
+    def __init__(
+        self,
+        modelarts_conn_id: str = default_conn_name,
+        *,
+        retry_wait: tenacity.wait.wait_base | None = None,
+        max_retries: int | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.modelarts_conn_id = modelarts_conn_id
+        self.options = HookOptions(
+            retry_wait=retry_wait, max_retries=max_retries, request_timeout=request_timeout
+        )
+
+    @property
+    def request_timeout(self) -> float | None:
+        """This hook's per-request timeout in seconds; None for the connection's ``request_timeout``."""
+        return self.options.request_timeout

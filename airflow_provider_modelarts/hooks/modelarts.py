@@ -16,12 +16,10 @@ from typing import Any
 
 import requests
 import tenacity
-from airflow.providers.common.compat.sdk import BaseHook
 
 from airflow_provider_modelarts.api_errors import build_api_error, parse_retry_after
 from airflow_provider_modelarts.auth import IamToken, IamTokenAuth
 from airflow_provider_modelarts.connection import (
-    DEFAULT_CONN_ID,
     DEFAULT_MAX_RETRIES,
     DEFAULT_REQUEST_TIMEOUT,
     ModelArtsConnectionConfig,
@@ -71,7 +69,7 @@ from airflow_provider_modelarts.hooks.calls import (
     token_call,
     validate_list_args,
 )
-from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, HookOptions, raise_for_answer
+from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, ModelArtsHookBase, raise_for_answer
 from airflow_provider_modelarts.hooks.modelarts_async import ModelArtsAsyncHook
 from airflow_provider_modelarts.redaction import (
     SignedUrlLogFilter,
@@ -128,7 +126,7 @@ def _error_body(response: requests.Response, stream: bool) -> bytes:
     return raw or b""
 
 
-class ModelArtsHook(BaseHook):
+class ModelArtsHook(ModelArtsHookBase):
     """Talk to Huawei Cloud ModelArts (and fetch OBS log links) over HTTP with ``requests``.
 
     Every call goes through :meth:`_send`: it signs (AK/SK) or adds the IAM token, applies the timeout,
@@ -147,31 +145,24 @@ class ModelArtsHook(BaseHook):
         each registration costs more than the one before.
     """
 
-    conn_name_attr = "modelarts_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
-    conn_type = "modelarts"
     hook_name = "Huawei Cloud ModelArts"
 
     def __init__(
         self,
-        modelarts_conn_id: str = default_conn_name,
+        modelarts_conn_id: str = ModelArtsHookBase.default_conn_name,
         *,
         retry_wait: tenacity.wait.wait_base | None = None,
         max_retries: int | None = None,
         request_timeout: float | None = None,
         mask_log_links: bool = True,
     ) -> None:
-        super().__init__()
-        self.modelarts_conn_id = modelarts_conn_id
-        self.options = HookOptions(
-            retry_wait=retry_wait, max_retries=max_retries, request_timeout=request_timeout
+        super().__init__(
+            modelarts_conn_id,
+            retry_wait=retry_wait,
+            max_retries=max_retries,
+            request_timeout=request_timeout,
         )
         self.mask_log_links = mask_log_links
-
-    @property
-    def request_timeout(self) -> float | None:
-        """This hook's per-request timeout in seconds; None for the connection's ``request_timeout``."""
-        return self.options.request_timeout
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:

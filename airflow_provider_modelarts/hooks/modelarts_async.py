@@ -22,7 +22,6 @@ from airflow.providers.common.compat.sdk import BaseHook, mask_secret
 
 from airflow_provider_modelarts.auth import IamToken, IamTokenAuth
 from airflow_provider_modelarts.connection import (
-    DEFAULT_CONN_ID,
     ModelArtsConnectionConfig,
     parse_connection,
     read_connection,
@@ -56,7 +55,7 @@ from airflow_provider_modelarts.hooks.calls import (
     token_call,
     validate_list_args,
 )
-from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, HookOptions, raise_for_answer
+from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, ModelArtsHookBase, raise_for_answer
 
 __all__ = ["ModelArtsAsyncHook", "SharedHook", "SharedHooks", "shared_hooks"]
 
@@ -71,7 +70,7 @@ async def _amask(secret: str) -> None:
         await amask_secret(secret)
 
 
-class ModelArtsAsyncHook(BaseHook):
+class ModelArtsAsyncHook(ModelArtsHookBase):
     """Non-blocking ModelArts client for triggers, over ``httpx.AsyncClient``.
 
     Shares the request building, signing, error parsing, retry predicate and the process-wide IAM token
@@ -85,24 +84,22 @@ class ModelArtsAsyncHook(BaseHook):
     :param transport: an ``httpx`` transport to use instead of the network (e.g. ``httpx.MockTransport``).
     """
 
-    conn_name_attr = "modelarts_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
-    conn_type = "modelarts"
     hook_name = "Huawei Cloud ModelArts (async)"
 
     def __init__(
         self,
-        modelarts_conn_id: str = default_conn_name,
+        modelarts_conn_id: str = ModelArtsHookBase.default_conn_name,
         *,
         retry_wait: tenacity.wait.wait_base | None = None,
         max_retries: int | None = None,
         request_timeout: float | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__()
-        self.modelarts_conn_id = modelarts_conn_id
-        self.options = HookOptions(
-            retry_wait=retry_wait, max_retries=max_retries, request_timeout=request_timeout
+        super().__init__(
+            modelarts_conn_id,
+            retry_wait=retry_wait,
+            max_retries=max_retries,
+            request_timeout=request_timeout,
         )
         self._transport = transport
         self._config: ModelArtsConnectionConfig | None = None
@@ -111,11 +108,6 @@ class ModelArtsAsyncHook(BaseHook):
         self._config_expired = False
         self._retired_clients: list[httpx.AsyncClient] = []
         self._setup_lock = asyncio.Lock()
-
-    @property
-    def request_timeout(self) -> float | None:
-        """This hook's per-request timeout in seconds; None for the connection's ``request_timeout``."""
-        return self.options.request_timeout
 
     async def get_config(self) -> ModelArtsConnectionConfig:
         """The parsed connection, read once (however many callers ask at once) without blocking the loop.

@@ -14,9 +14,9 @@ call for every request. The signer reproduces
 * ``X-Project-Id`` and ``X-Security-Token`` are added before signing, ``Host`` keeps a non-default port.
 
 Why not ``huaweicloudsdkcore``: the ModelArts SDK has no method for ``.../logs/url`` (the call this
-provider exists for), so its signer would have to be driven by hand anyway, and the SDK pulls in a heavy
-dependency tree of its own (``requests``, ``urllib3``, ``PyYAML``, ``six``, ``simplejson``,
-``python-dateutil``, ``cryptography``, ...) for a signer that fits in this module.
+provider exists for), so its signer would have to be driven by hand anyway, and ``huaweicloudsdkcore``
+pulls in a heavy dependency tree of its own (``pymongo`` with ``dnspython``, ``PyYAML``, ``simplejson``,
+``six``, ``pyasn1``, ``defusedxml``, ``requests-toolbelt``) for a signer that fits in this module.
 """
 
 from __future__ import annotations

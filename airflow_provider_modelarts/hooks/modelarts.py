@@ -17,16 +17,12 @@ from typing import Any
 import requests
 import tenacity
 
-from airflow_provider_modelarts.api_errors import build_api_error, parse_retry_after
 from airflow_provider_modelarts.auth import IamToken, IamTokenAuth
 from airflow_provider_modelarts.connection import (
     DEFAULT_MAX_RETRIES,
-    DEFAULT_REQUEST_TIMEOUT,
     ModelArtsConnectionConfig,
     parse_connection,
     read_connection,
-    region_endpoint,
-    region_iam_endpoint,
     validate_project_id,
     validate_resource_id,
     warn_verify_disabled,
@@ -51,7 +47,6 @@ from airflow_provider_modelarts.hooks.answers import (
     task_list,
 )
 from airflow_provider_modelarts.hooks.calls import (
-    ENDPOINTS,
     USER_AGENT,
     ApiCall,
     api_call,
@@ -72,39 +67,21 @@ from airflow_provider_modelarts.hooks.calls import (
 from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, ModelArtsHookBase, raise_for_answer
 from airflow_provider_modelarts.hooks.modelarts_async import ModelArtsAsyncHook
 from airflow_provider_modelarts.redaction import (
-    SignedUrlLogFilter,
-    install_urllib3_log_filter,
     mask_signed_url,
-    redact_signed_url_secrets,
-    redact_url,
     signed_url_secrets,
 )
-from airflow_provider_modelarts.retry import RETRY_AFTER_CAP, RetryAfterWait, is_retryable_error
+from airflow_provider_modelarts.retry import RetryAfterWait
 
+# Besides the hooks: names moved to other modules that other parts of the package still import from here.
 __all__ = [
-    "DEFAULT_LOG_LINK_TTL",
     "DEFAULT_MAX_RETRIES",
-    "DEFAULT_REQUEST_TIMEOUT",
-    "ENDPOINTS",
-    "RETRY_AFTER_CAP",
     "TEST_CONNECTION_TIMEOUT",
-    "USER_AGENT",
     "ModelArtsAsyncHook",
     "ModelArtsConnectionConfig",
     "ModelArtsHook",
     "RetryAfterWait",
-    "SignedUrlLogFilter",
-    "build_api_error",
-    "install_urllib3_log_filter",
-    "is_retryable_error",
     "log_url_expires_at",
     "mask_signed_url",
-    "parse_connection",
-    "parse_retry_after",
-    "redact_signed_url_secrets",
-    "redact_url",
-    "region_endpoint",
-    "region_iam_endpoint",
     "signed_url_secrets",
     "validate_project_id",
     "validate_resource_id",

@@ -16,7 +16,9 @@ import tenacity
 
 from airflow_provider_modelarts import auth, redaction
 from airflow_provider_modelarts import connection as connection_module
+from airflow_provider_modelarts.api_errors import build_api_error
 from airflow_provider_modelarts.auth import TOKEN_CACHE, IamToken
+from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
@@ -28,15 +30,9 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsValidationError,
 )
 from airflow_provider_modelarts.hooks import answers as answers_module
-from airflow_provider_modelarts.hooks import modelarts as hook_module
 from airflow_provider_modelarts.hooks import modelarts_async as async_hook_module
-from airflow_provider_modelarts.hooks.modelarts import (
-    ModelArtsAsyncHook,
-    ModelArtsConnectionConfig,
-    ModelArtsHook,
-    RetryAfterWait,
-    build_api_error,
-)
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
+from airflow_provider_modelarts.retry import RetryAfterWait
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000000"
@@ -758,14 +754,14 @@ class TestMasking:
         assert "GET " in caplog.records[0].getMessage() and "200 5" in caplog.records[0].getMessage()
 
     def test_urllib3_filter_installed_once(self):
-        hook_module.install_urllib3_log_filter()
-        hook_module.install_urllib3_log_filter()
+        redaction.install_urllib3_log_filter()
+        redaction.install_urllib3_log_filter()
         filters = logging.getLogger("urllib3.connectionpool").filters
-        assert sum(isinstance(f, hook_module.SignedUrlLogFilter) for f in filters) == 1
+        assert sum(isinstance(f, redaction.SignedUrlLogFilter) for f in filters) == 1
 
     def test_redact_signed_url_secrets_keeps_other_text(self):
         text = "see /b/k?Expires=1&X-Amz-Signature=abc&signature=d%2Be and Signature= plain"
-        assert hook_module.redact_signed_url_secrets(text) == (
+        assert redaction.redact_signed_url_secrets(text) == (
             "see /b/k?Expires=1&X-Amz-Signature=***&signature=*** and Signature= plain"
         )
 

@@ -102,6 +102,7 @@ def validate_resource_id(value: Any, name: str = "training_job_id") -> str:
 
 
 def quote_segment(value: str) -> str:
+    """``value`` percent-quoted as one URL path segment."""
     return quote(value, safe="~")
 
 
@@ -487,6 +488,7 @@ def _parse_extra(extra: Any) -> dict[str, Any]:
 
 
 def warn_verify_disabled() -> None:
+    """Log once per process that TLS verification is off."""
     global _verify_warned
     with _verify_warning_lock:
         if _verify_warned:

@@ -85,6 +85,7 @@ def _validate_http_url(
 def parse_token(
     status: int, headers: Mapping[str, str], body: bytes, mask: Callable[[str], None] | None = None
 ) -> IamToken:
+    """The IAM token of a token answer, registered with the masker (``mask``, default ``mask_secret``)."""
     try:
         token = parse_token_response(headers, body)
     except TokenResponseError as err:
@@ -98,6 +99,7 @@ def parse_token(
 
 
 def json_answer(call: ApiCall, status: int, headers: Mapping[str, str], body: bytes) -> Any:
+    """The parsed JSON body of a 2xx answer; :class:`ModelArtsResponseError` if it is not JSON."""
     try:
         return json.loads(body)
     except ValueError:
@@ -111,6 +113,7 @@ def json_answer(call: ApiCall, status: int, headers: Mapping[str, str], body: by
 
 
 def expect_dict(call: ApiCall, payload: Any, status: int) -> dict[str, Any]:
+    """``payload`` if it is a JSON object; :class:`ModelArtsResponseError` otherwise."""
     if not isinstance(payload, dict):
         raise ModelArtsResponseError(
             f"ModelArts {call.method} {call.path} answered with a JSON {type(payload).__name__}, "
@@ -131,6 +134,7 @@ def log_url_from(
     *,
     register: bool = True,
 ) -> str:
+    """The ``obs_url`` of a ``/logs/url`` answer, checked and masked (or marked private)."""
     if not isinstance(payload, dict) or "obs_url" not in payload:
         raise ModelArtsResponseError(
             f"ModelArts {call.method} {call.path} answered without obs_url",
@@ -148,6 +152,7 @@ def log_url_from(
 
 
 def preview_from(call: ApiCall, payload: Any, status: int) -> dict[str, Any]:
+    """``{"content", "current_size", "full_size"}`` of a ``/logs/preview`` answer."""
     content = payload.get("content", payload.get("context")) if isinstance(payload, dict) else None
     if not isinstance(content, str):
         raise _bad_answer(call, status, "without a text 'content'")
@@ -164,6 +169,7 @@ def preview_from(call: ApiCall, payload: Any, status: int) -> dict[str, Any]:
 def job_matches(
     job: Any, phases: list[str] | None, created_after_ms: int | None, created_before_ms: int | None
 ) -> bool:
+    """Whether a listed job passes the phase and creation-time filters (the server may ignore them)."""
     if not isinstance(job, dict):
         return False
     if phases and str((job.get("status") or {}).get("phase")) not in {str(p) for p in phases}:
@@ -178,6 +184,7 @@ def job_matches(
 
 
 def int_header(value: str | None) -> int | None:
+    """A header value as an int, or None when absent or not a number."""
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
@@ -191,6 +198,7 @@ def content_range(status: int, value: str | None) -> tuple[int | None, int | Non
 
 
 def event_list(call: ApiCall, payload: Any, status: int) -> list[dict]:
+    """``[{"message", "level", "time", "source"}]`` of an events answer."""
     events = payload.get("events") if isinstance(payload, dict) else None
     if not isinstance(events, list):
         raise _bad_answer(call, status, "without an events list")
@@ -202,6 +210,7 @@ def event_list(call: ApiCall, payload: Any, status: int) -> list[dict]:
 
 
 def task_list(call: ApiCall, payload: Any, status: int) -> list[dict]:
+    """The task dicts of a tasks answer (a list, or an object with ``tasks`` or ``items``)."""
     if isinstance(payload, dict):
         for key in ("tasks", "items"):
             if isinstance(payload.get(key), list):

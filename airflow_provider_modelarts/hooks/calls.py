@@ -130,6 +130,7 @@ def api_call(
     json_body: Any = None,
     content_type: str = "application/json",
 ) -> ApiCall:
+    """The call of ModelArts API ``endpoint`` (a key of :data:`ENDPOINTS`), its path ids validated and quoted."""
     method, template = ENDPOINTS[endpoint]
     path_params = {"project_id": quote_segment(validate_project_id(config.project_id))}
     if "{training_job_id}" in template:
@@ -171,6 +172,7 @@ def events_call(
     limit: int,
     order: str,
 ) -> ApiCall:
+    """``GET .../events`` with validated ``level`` (see :data:`EVENT_LEVELS`), ``limit`` (1-100) and ``order``."""
     if level is not None and level not in EVENT_LEVELS:
         raise ModelArtsValidationError(f"level must be one of {EVENT_LEVELS}, got {level!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
@@ -184,6 +186,7 @@ def events_call(
 
 
 def token_call(config: ModelArtsConnectionConfig) -> ApiCall:
+    """The unauthenticated ``POST {iam}/v3/auth/tokens`` of a token-auth connection."""
     request = build_token_request(
         config.iam_endpoint or "",
         domain_name=config.domain_name or "",
@@ -224,6 +227,7 @@ def service_call(method: str, url: str, json_body: Any) -> ApiCall:
 
 
 def obs_call(url: str, offset: int) -> ApiCall:
+    """``GET`` of a pre-signed log link from byte ``offset``, sent exactly as ModelArts returned it."""
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise ModelArtsValidationError(f"offset must be an integer >= 0, got {offset!r}")
     valid = absolute_http_url(url)
@@ -250,6 +254,7 @@ def obs_call(url: str, offset: int) -> ApiCall:
 
 
 def range_call(url: str, start: int, length: int, link_hosts: tuple[str, ...]) -> ApiCall:
+    """``GET`` of ``length`` bytes of a log link from byte ``start``, its host checked against ``link_hosts``."""
     for name, value, low in (("start", start, 0), ("length", length, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ModelArtsValidationError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -323,6 +328,7 @@ def search_body(
     created_after_ms: int | None,
     created_before_ms: int | None,
 ) -> dict[str, Any]:
+    """The JSON body of one ``training-job-searches`` page with the phase and creation-time filters."""
     filters: list[dict[str, Any]] = []
     if phases:
         filters.append({"key": "phase", "operator": "in", "value": [str(p) for p in phases]})
@@ -346,11 +352,13 @@ def search_body(
 
 
 def validate_list_args(page_size: int) -> None:
+    """Refuse a ``page_size`` that is not an integer from 1 to 50."""
     if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 50:
         raise ModelArtsValidationError(f"page_size must be an integer from 1 to 50, got {page_size!r}")
 
 
 def console_url(config: ModelArtsConnectionConfig, training_job_id: str) -> str:
+    """The console page of a job in the connection's region; ``""`` without a region."""
     job = quote_segment(validate_resource_id(training_job_id))
     if config.region is None:
         return ""  # an endpoint-only connection (e.g. the emulator): no console to link to

@@ -128,7 +128,7 @@ def get_provider_info() -> dict:
                         "description": "true (default), false, or a CA bundle path.",
                         "schema": {"type": ["boolean", "string", "null"]},
                     },
-                    "timeout": {
+                    "request_timeout": {
                         "label": "Request timeout (s)",
                         "description": "Per-request timeout in seconds (default 30).",
                         "schema": {"type": ["number", "null"]},

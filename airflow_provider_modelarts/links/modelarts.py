@@ -197,7 +197,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
         hook = ModelArtsHook(
             stored.get("modelarts_conn_id") or DEFAULT_CONN_ID,
             max_retries=0,
-            timeout=LOG_PREVIEW_LINK_TIMEOUT,
+            request_timeout=LOG_PREVIEW_LINK_TIMEOUT,
         )
         job_id = stored["training_job_id"]
         task_ids = stored.get("task_ids") or []

@@ -36,7 +36,7 @@ from airflow_provider_modelarts.states import TrainingJobPhase
 from airflow_provider_modelarts.training_job import MAX_TIME_MS, TrainingJob, epoch_ms
 
 if TYPE_CHECKING:
-    from airflow_provider_modelarts.triggers.modelarts import _SharedHook
+    from airflow_provider_modelarts.hooks.modelarts_async import SharedHook as _SharedHook
 
 __all__ = [
     "DEFAULT_EVENT_PHASES",

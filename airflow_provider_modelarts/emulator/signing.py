@@ -1,7 +1,7 @@
 """Server-side signature checks of the emulator: APIG ``SDK-HMAC-SHA256`` and OBS V2 query signatures.
 
-This is an independent implementation of the canonicalisation described in the ModelArts API notes
-(section 2b and 7); it deliberately shares no code with the provider's client-side signer.
+This is an independent implementation of the APIG and OBS canonicalisation; it deliberately shares no
+code with the provider's client-side signer, so that a mistake on one side shows up as a failed check.
 """
 
 from __future__ import annotations

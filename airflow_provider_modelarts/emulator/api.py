@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from airflow_provider_modelarts.emulator.http import EmulatorHandler, Reject
 from airflow_provider_modelarts.emulator.iam import IdentityService
-from airflow_provider_modelarts.emulator.jobs import JobTable, job_body
+from airflow_provider_modelarts.emulator.jobs import job_body
 from airflow_provider_modelarts.emulator.live import list_events
 from airflow_provider_modelarts.emulator.obs import ObsLinks
 from airflow_provider_modelarts.emulator.ratelimit import THROTTLE_CODE, RateLimiter, credential_of
 from airflow_provider_modelarts.emulator.scenario import TERMINAL, EmulatedJob, EmulatedTask
 from airflow_provider_modelarts.emulator.searches import SearchRejected, search_training_jobs, visible
 from airflow_provider_modelarts.emulator.smn import SmnEmulator, SmnRejection
-from airflow_provider_modelarts.emulator.state import Counters, Knobs
+from airflow_provider_modelarts.emulator.state import EmulatorContext
 
 __all__ = ["PREVIEW_LIMIT", "ApiRequest", "ModelArtsApi", "no_such_api", "preview_body"]
 
@@ -100,70 +99,55 @@ def preview_body(job: EmulatedJob, task: EmulatedTask, now: float) -> dict[str, 
 class ModelArtsApi:
     """Answers the ModelArts training-job API and SMN publish for one project.
 
-    :param project_id: the project served.
-    :param iam_user: the IAM user (its tokens share one rate-limit credential).
-    :param jobs: the emulator's jobs.
+    :param context: the emulator's shared state.
     :param identity: checks credentials.
     :param obs: signs log links.
     :param smn: the SMN emulator.
-    :param knobs: fault knobs.
-    :param counters: request counters.
     :param rate_limiter: the gateway's per-credential limit, or None.
-    :param clock: the emulator's clock.
     """
 
     def __init__(
         self,
+        context: EmulatorContext,
         *,
-        project_id: str,
-        iam_user: str,
-        jobs: JobTable,
         identity: IdentityService,
         obs: ObsLinks,
         smn: SmnEmulator,
-        knobs: Knobs,
-        counters: Counters,
         rate_limiter: RateLimiter | None,
-        clock: Callable[[], float],
     ) -> None:
-        self._project_id = project_id
-        self._iam_user = iam_user
-        self._jobs = jobs
+        self._ctx = context
         self._identity = identity
         self._obs = obs
         self._smn = smn
-        self._knobs = knobs
-        self._counters = counters
         self._rate_limiter = rate_limiter
-        self._clock = clock
         self._lock = threading.Lock()
         self._throttle_credit = 0.0
 
     # ----------------------------------------------------------------- gate
 
     def _authenticate(self, request: ApiRequest) -> None:
-        if self._knobs.latency > 0:
-            time.sleep(self._knobs.latency)
+        if self._ctx.knobs.latency > 0:
+            time.sleep(self._ctx.knobs.latency)
         try:
             self._identity.authenticate(request.method, request.target, request.headers, request.body)
         except Reject:
-            self._counters.add("rejected_auth")
+            self._ctx.counters.add("rejected_auth")
             raise
 
     def _faults(self) -> tuple[int, str, str, bool] | None:
         with self._lock:
-            ratio = min(max(self._knobs.throttle_ratio, 0.0), 1.0)
+            ratio = min(max(self._ctx.knobs.throttle_ratio, 0.0), 1.0)
             if ratio > 0:
                 self._throttle_credit += ratio
                 if self._throttle_credit >= 1.0 - 1e-9:
                     self._throttle_credit -= 1.0
-                    self._counters.add("throttled")
+                    self._ctx.counters.add("throttled")
                     msg = "The throttling threshold has been reached: policy user over ratelimit,limit:100,time:1 minute"
                     return 429, "APIG.0308", msg, True
-            if self._knobs.error_burst > 0:
-                self._knobs.error_burst -= 1
-                self._counters.add("server_error")
-                status = self._knobs.error_status
+            if self._ctx.knobs.error_burst > 0:
+                self._ctx.knobs.error_burst -= 1
+                self._ctx.counters.add("server_error")
+                status = self._ctx.knobs.error_status
                 if status == 500:
                     return 500, "ModelArts.0010", "Internal error.", False
                 return status, "APIG.0203", "Backend timeout", True
@@ -174,9 +158,9 @@ class ModelArtsApi:
         self._authenticate(request)
         limiter = self._rate_limiter
         if limiter is not None and not limiter.allow(
-            credential_of(request.headers, token_user=self._iam_user)
+            credential_of(request.headers, token_user=self._identity.identity.iam_user)
         ):
-            self._counters.add("throttled")
+            self._ctx.counters.add("throttled")
             handler.send_error_json(429, THROTTLE_CODE, limiter.limit.message(), apig=True)
             return False
         fault = self._faults()
@@ -184,8 +168,8 @@ class ModelArtsApi:
             return True
         status, code, msg, apig = fault
         extra = {}
-        if status == 429 and self._knobs.retry_after is not None:
-            extra["Retry-After"] = f"{self._knobs.retry_after:g}"
+        if status == 429 and self._ctx.knobs.retry_after is not None:
+            extra["Retry-After"] = f"{self._ctx.knobs.retry_after:g}"
         handler.send_error_json(status, code, msg, apig=apig, extra_headers=extra)
         return False
 
@@ -196,14 +180,14 @@ class ModelArtsApi:
         project_id, rest = request.segments[1], request.segments[2:]
         kind = _route(request.method, rest)
         if kind is None:
-            self._counters.add("not_found")
+            self._ctx.counters.add("not_found")
             raise no_such_api()
-        self._counters.add(kind)
-        if project_id != self._project_id:
-            self._counters.add("outside_project")
+        self._ctx.counters.add(kind)
+        if project_id != self._identity.identity.project_id:
+            self._ctx.counters.add("outside_project")
         if not self._gate(handler, request):
             return
-        if project_id != self._project_id:
+        if project_id != self._identity.identity.project_id:
             raise Reject(403, "ModelArts.0210", "The project id in the request URL does not match the token.")
         if kind == "search":
             handler.send_json(200, self._search(request.body))
@@ -214,10 +198,10 @@ class ModelArtsApi:
 
     def _answer(self, kind: str, job: EmulatedJob, rest: list[str], request: ApiRequest) -> tuple[int, Any]:
         if kind == "job" and request.method == "DELETE":
-            self._jobs.remove(job.id)
+            self._ctx.jobs.remove(job.id)
             return 202, {}
         if kind == "job":
-            return 200, job_body(job, self._clock())
+            return 200, job_body(job, self._ctx.clock())
         if kind == "tasks":
             return 200, [
                 {"task": t.id, "ip": t.ip, "host_ip": "10.0.0.1", "schedule_count": 1} for t in job.tasks
@@ -226,16 +210,16 @@ class ModelArtsApi:
             return 200, self._action(job, request.body)
         if kind == "events":
             try:
-                return 200, list_events(job, self._clock(), request.query)
+                return 200, list_events(job, self._ctx.clock(), request.query)
             except ValueError as err:
                 raise Reject(400, "ModelArts.2788", str(err)) from None
         if kind == "log_url":
             return 200, self._log_url(job, rest[3], request)
-        return 200, preview_body(job, self._get_task(job, rest[3]), self._clock())
+        return 200, preview_body(job, self._get_task(job, rest[3]), self._ctx.clock())
 
     def _get_job(self, job_id: str) -> EmulatedJob:
-        job = self._jobs.get(job_id)
-        if job is None or not visible(job, self._clock()):
+        job = self._ctx.jobs.get(job_id)
+        if job is None or not visible(job, self._ctx.clock()):
             raise Reject(404, "ModelArts.2775", f"Training job (ID: {job_id}) not found.")
         return job
 
@@ -252,12 +236,12 @@ class ModelArtsApi:
 
     def _search(self, body: bytes) -> dict[str, Any]:
         try:
-            return search_training_jobs(body, self._jobs.all(), now=self._clock(), job_body=job_body)
+            return search_training_jobs(body, self._ctx.jobs.all(), now=self._ctx.clock(), job_body=job_body)
         except SearchRejected as err:
             raise Reject(err.status, err.error_code, err.error_msg) from None
 
     def _log_url(self, job: EmulatedJob, task_id: str, request: ApiRequest) -> dict[str, str]:
-        if self._knobs.refuse_log_url:
+        if self._ctx.knobs.refuse_log_url:
             raise Reject(
                 403,
                 "ModelArts.0108",
@@ -277,7 +261,7 @@ class ModelArtsApi:
         if not isinstance(doc, dict) or doc.get("action_type") != "terminate":
             raise Reject(400, "ModelArts.2788", "InvalidParam(action_type): only terminate is supported")
         with job.lock:
-            now = self._clock()
+            now = self._ctx.clock()
             if job.phase_at(now) in TERMINAL:
                 raise Reject(
                     409,
@@ -285,13 +269,13 @@ class ModelArtsApi:
                     f"NotAllowedToTerminate: training job {job.id} is already {job.phase_at(now)}.",
                 )
             job.terminate(now)
-        return job_body(job, self._clock())
+        return job_body(job, self._ctx.clock())
 
     # ----------------------------------------------------------------- SMN
 
     def handle_smn(self, handler: EmulatorHandler, kind: str, request: ApiRequest) -> None:
         """SMN publish (signed like the ModelArts API) and the unauthenticated message list."""
-        self._counters.add(f"smn_{kind}")
+        self._ctx.counters.add(f"smn_{kind}")
         if kind != "publish":
             if kind == "clear":
                 self._smn.clear()

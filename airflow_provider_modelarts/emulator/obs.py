@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from airflow_provider_modelarts.emulator.http import EmulatorHandler, parse_range
-from airflow_provider_modelarts.emulator.jobs import JobTable
 from airflow_provider_modelarts.emulator.scenario import EmulatedJob, EmulatedTask
 from airflow_provider_modelarts.emulator.signing import obs_signature, obs_string_to_sign
-from airflow_provider_modelarts.emulator.state import Counters, Knobs
+from airflow_provider_modelarts.emulator.state import EmulatorContext
 
 __all__ = ["OBS_ACCESS_KEY", "OBS_BUCKET", "ObsLinks", "ObsRequest"]
 
@@ -33,6 +32,7 @@ def _obs_resource(path: str, sub_resources: list[tuple[str, str]]) -> str:
     return path + "?" + "&".join(f"{k}={v}" for k, v in subs)
 
 
+@dataclass(frozen=True)
 class ObsRequest:
     """One GET or HEAD of a log object.
 
@@ -43,56 +43,35 @@ class ObsRequest:
     :param headers: request headers with lower-case names.
     """
 
-    def __init__(
-        self,
-        *,
-        method: str,
-        raw_path: str,
-        query: list[tuple[str, str]],
-        segments: list[str],
-        headers: dict[str, str],
-    ) -> None:
-        self.method = method
-        self.raw_path = raw_path
-        self.query = query
-        self.segments = segments
-        self.headers = headers
-        self.sub_resources = [(k, v) for k, v in query if k.startswith("response-")]
+    method: str
+    raw_path: str
+    query: list[tuple[str, str]]
+    segments: list[str]
+    headers: dict[str, str]
+
+    @property
+    def sub_resources(self) -> list[tuple[str, str]]:
+        """The signed ``response-*`` query parameters."""
+        return [(k, v) for k, v in self.query if k.startswith("response-")]
 
 
 class ObsLinks:
     """Signs OBS links to task logs and serves the objects they point at.
 
-    :param jobs: the emulator's jobs.
-    :param knobs: fault knobs (range handling, dropped downloads).
-    :param counters: request counters.
-    :param clock: the emulator's clock.
-    :param base_url: returns the emulator's base URL.
+    :param context: the emulator's shared state.
     """
 
     access_key = OBS_ACCESS_KEY
 
-    def __init__(
-        self,
-        *,
-        jobs: JobTable,
-        knobs: Knobs,
-        counters: Counters,
-        clock: Callable[[], float],
-        base_url: Callable[[], str],
-    ) -> None:
-        self._jobs = jobs
-        self._knobs = knobs
-        self._counters = counters
-        self._clock = clock
-        self._base_url = base_url
+    def __init__(self, context: EmulatorContext) -> None:
+        self._ctx = context
         self._secret = secrets.token_urlsafe(30)
         self._lock = threading.Lock()
 
     def sign(self, job_id: str, task_id: str, *, download: bool = False, ttl: float | None = None) -> str:
         """A signed link to a task log (see :meth:`ModelArtsEmulator.sign_log_url`)."""
         path = _obs_path(job_id, task_id)
-        expires = int(self._clock() + (self._knobs.link_ttl if ttl is None else ttl))
+        expires = int(self._ctx.clock() + (self._ctx.knobs.link_ttl if ttl is None else ttl))
         sub_resources: list[tuple[str, str]] = []
         if download:
             sub_resources.append(
@@ -107,19 +86,19 @@ class ObsLinks:
             ("Signature", signature),
             *sub_resources,
         ]
-        return f"{self._base_url()}{path}?{urlencode(params, quote_via=quote, safe='')}"
+        return f"{self._ctx.base_url()}{path}?{urlencode(params, quote_via=quote, safe='')}"
 
     def serve(self, handler: EmulatorHandler, request: ObsRequest) -> None:
         """Answer a GET or HEAD of a log object: check the link, then send the (ranged) bytes."""
         if not self._signed(request):
-            self._counters.add("rejected_auth")
+            self._ctx.counters.add("rejected_auth")
             handler.send_obs_error(
                 403,
                 "SignatureDoesNotMatch",
                 "The request signature we calculated does not match the signature you provided.",
             )
             return
-        if self._clock() >= int(dict(request.query)["Expires"]):
+        if self._ctx.clock() >= int(dict(request.query)["Expires"]):
             handler.send_obs_error(403, "RequestTimeTooSkewed", "Request has expired.")
             return
         location = self._location(request.segments)
@@ -127,7 +106,7 @@ class ObsLinks:
             handler.send_obs_error(404, "NoSuchKey", "The specified key does not exist.")
             return
         job, task = location
-        size = job.log_size_at(task, self._clock())
+        size = job.log_size_at(task, self._ctx.clock())
         span = self._span(request, size)
         if span is None:
             handler.send_obs_error(
@@ -162,7 +141,7 @@ class ObsLinks:
     def _span(self, request: ObsRequest, size: int) -> tuple[int, int, int] | None:
         """``(status, start, end)`` to send, or None for an unsatisfiable range."""
         range_header = request.headers.get("range")
-        if not range_header or self._knobs.ignore_range:
+        if not range_header or self._ctx.knobs.ignore_range:
             return 200, 0, size
         parsed = parse_range(range_header, size)
         if parsed == "unsatisfiable":
@@ -197,18 +176,18 @@ class ObsLinks:
     def _drop_limit(self, length: int) -> int | None:
         """How many bytes to send before cutting the connection, or None to send all."""
         with self._lock:
-            cut = self._knobs.drop_after_bytes
+            cut = self._ctx.knobs.drop_after_bytes
             # Only a download that is longer than the cut uses up a drop, so each counted drop is real.
-            if cut is None or self._knobs.drop_downloads <= 0 or max(0, int(cut)) >= length:
+            if cut is None or self._ctx.knobs.drop_downloads <= 0 or max(0, int(cut)) >= length:
                 return None
-            self._knobs.drop_downloads -= 1
-            self._counters.add("dropped")
+            self._ctx.knobs.drop_downloads -= 1
+            self._ctx.counters.add("dropped")
             return max(0, int(cut))
 
     def _location(self, segments: list[str]) -> tuple[EmulatedJob, EmulatedTask] | None:
         if len(segments) != 3:
             return None
-        job = self._jobs.get(segments[1])
+        job = self._ctx.jobs.get(segments[1])
         prefix = f"modelarts-job-{segments[1]}-"
         if job is None or not segments[2].startswith(prefix) or not segments[2].endswith(".log"):
             return None

@@ -23,7 +23,7 @@ from airflow_provider_modelarts.emulator.ratelimit import RateLimiter, parse_rat
 from airflow_provider_modelarts.emulator.scenario import EmulatedJob, EmulatedTask, load_scenario
 from airflow_provider_modelarts.emulator.signing import parse_raw_query
 from airflow_provider_modelarts.emulator.smn import SmnEmulator
-from airflow_provider_modelarts.emulator.state import Counters, Knobs
+from airflow_provider_modelarts.emulator.state import Counters, EmulatorContext, Knobs
 
 __all__ = [
     "DEFAULT_AK",
@@ -105,25 +105,17 @@ class ModelArtsEmulator:
         self._jobs.load(time.time())
         identity = Identity(ak, sk, temporary_credentials, iam_user, iam_password, domain, project_id, region)
         self._identity = IdentityService(identity, knobs=self.knobs, base_url=lambda: self.url)
-        self._obs = ObsLinks(
+        context = EmulatorContext(
             jobs=self._jobs,
             knobs=self.knobs,
             counters=self.counters,
             clock=self.now,
             base_url=lambda: self.url,
         )
+        self._obs = ObsLinks(context)
         self.obs_access_key = self._obs.access_key
         self._api = ModelArtsApi(
-            project_id=project_id,
-            iam_user=iam_user,
-            jobs=self._jobs,
-            identity=self._identity,
-            obs=self._obs,
-            smn=self.smn,
-            knobs=self.knobs,
-            counters=self.counters,
-            rate_limiter=self.rate_limiter,
-            clock=self.now,
+            context, identity=self._identity, obs=self._obs, smn=self.smn, rate_limiter=self.rate_limiter
         )
 
     # ----------------------------------------------------------------- life cycle

@@ -19,6 +19,23 @@ SDK_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_CLOCK_SKEW_SECONDS = 15 * 60
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
+__all__ = [
+    "EMPTY_SHA256",
+    "MAX_CLOCK_SKEW_SECONDS",
+    "SDK_DATE_FORMAT",
+    "SignatureError",
+    "VerifiedRequest",
+    "canonical_query",
+    "canonical_request",
+    "canonical_uri",
+    "obs_signature",
+    "obs_string_to_sign",
+    "parse_raw_query",
+    "sdk_signature",
+    "string_to_sign",
+    "verify_sdk_hmac",
+]
+
 _AUTH_RE = re.compile(
     r"^SDK-HMAC-SHA256\s+(?:Access=([^,\s]+)|Credential=([^/,\s]+)(?:/[^,]*)?)\s*,\s*"
     r"SignedHeaders=([^,\s]+)\s*,\s*Signature=([0-9a-fA-F]+)\s*$"

@@ -93,7 +93,7 @@ def run_variant(variant: str, dest: str, workers: int) -> dict:
             )
             before = registered[0]
             t0, cpu0 = time.perf_counter(), time.process_time()
-            result = op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type]
+            result = op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type,typeddict-item]
             halves.append(
                 {
                     "logs": len(result["tasks"]),

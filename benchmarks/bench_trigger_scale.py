@@ -38,8 +38,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -113,7 +115,7 @@ class StepTimer:
                 timer.longest = elapsed
                 timer.longest_what = repr(handle)[:300]
 
-        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,11 +171,11 @@ class Ticker:
 _COUNTED = ("get_training_job", "get_task_log_url", "read_log_range", "preview_task_log")
 
 
-def _count_calls(hook, calls: Counter) -> None:
+def _count_calls(hook: Any, calls: Counter[str]) -> None:
     for name in _COUNTED:
         original = getattr(hook, name)
 
-        def counted(*args, _original=original, _name=name, **kwargs):
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
             calls[_name] += 1
             return _original(*args, **kwargs)
 
@@ -188,7 +190,7 @@ async def watch_all(job_ids: list[str], poll_interval: float, gc_freeze: bool, s
 
     calls: Counter = Counter()
 
-    def counting_factory(conn_id: str):
+    def counting_factory(conn_id: str) -> Any:
         hook = _default_hook_factory(conn_id)
         _count_calls(hook, calls)
         return hook
@@ -295,7 +297,7 @@ async def sync_in_loop(job_ids: list[str]) -> dict:
 
 
 @contextlib.contextmanager
-def _stdout_to_file(path: Path):
+def _stdout_to_file(path: Path) -> Iterator[None]:
     """Trigger log lines (written to standard output here) go to a file, as a triggerer writes them to
     the task log files; the figures then include formatting and writing every streamed line."""
     sys.stdout.flush()

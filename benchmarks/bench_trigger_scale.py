@@ -33,7 +33,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from emulator_process import start_emulator  # noqa: E402
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
@@ -67,27 +69,6 @@ def _job(i: int, end: float) -> dict:
 
 def scenario(jobs: int, first_end: float, spread: float) -> dict:
     return {"jobs": [_job(i, round(first_end + spread * i / max(jobs - 1, 1), 3)) for i in range(jobs)]}
-
-
-def start_emulator(path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    conn = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-            conn = line.split("=", 1)[1].strip().strip("'")
-            break
-    if not conn:
-        proc.kill()
-        raise RuntimeError("the emulator did not start")
-    return proc, conn
 
 
 class StepTimer:

@@ -78,7 +78,7 @@ _CONN_FIELDS: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], bool]] 
         False,
     ),
     "verify": ("Verify TLS", "true (default), false, or a CA bundle path.", ("boolean", "string"), {}, False),
-    "timeout": (
+    "request_timeout": (
         "Request timeout (s)",
         "Per-request timeout in seconds (default 30).",
         ("number",),

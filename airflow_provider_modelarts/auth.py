@@ -1,6 +1,8 @@
 """Huawei Cloud request authentication: the APIG ``SDK-HMAC-SHA256`` AK/SK signer and the IAM token source.
 
-Pure module: it knows nothing about Airflow or any HTTP library. The signer reproduces
+The signing and token functions are pure: they know nothing about Airflow or any HTTP library. Only
+:class:`IamTokenAuth` at the end speaks to ``requests`` and ``httpx``, as the auth object both libraries
+call for every request. The signer reproduces
 ``huaweicloudsdkcore.signer.Signer`` byte for byte, quirks included (see ``modelarts-api.md`` section 2b):
 
 * the canonical URI always ends in ``/`` and is built by unquoting the path, splitting on ``/`` and
@@ -10,20 +12,67 @@ Pure module: it knows nothing about Airflow or any HTTP library. The signer repr
 * ``X-Sdk-Content-Sha256: UNSIGNED-PAYLOAD`` is added for non-JSON/BSON content types;
 * an empty body always hashes to the SHA-256 of the empty string;
 * ``X-Project-Id`` and ``X-Security-Token`` are added before signing, ``Host`` keeps a non-default port.
+
+Why not ``huaweicloudsdkcore``: the ModelArts SDK has no method for ``.../logs/url`` (the call this
+provider exists for), so its signer would have to be driven by hand anyway, and ``huaweicloudsdkcore``
+pulls in a heavy dependency tree of its own (``pymongo`` with ``dnspython``, ``PyYAML``, ``simplejson``,
+``six``, ``pyasn1``, ``defusedxml``, ``requests-toolbelt``) for a signer that fits in this module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+
+import httpx
+import requests
+
+__all__ = [
+    "ALGORITHM",
+    "DEFAULT_REFRESH_LEAD",
+    "HEADER_AUTHORIZATION",
+    "HEADER_AUTH_TOKEN",
+    "HEADER_CONTENT_SHA256",
+    "HEADER_DATE",
+    "HEADER_PROJECT_ID",
+    "HEADER_SECURITY_TOKEN",
+    "HEADER_SUBJECT_TOKEN",
+    "IAM_TOKEN_PATH",
+    "SDK_DATE_FORMAT",
+    "TOKEN_CACHE",
+    "UNSIGNED_PAYLOAD",
+    "AkSkSigner",
+    "IamToken",
+    "IamTokenAuth",
+    "QueryParams",
+    "SignedRequest",
+    "TokenCache",
+    "TokenKey",
+    "TokenRequest",
+    "TokenResponseError",
+    "build_token_request",
+    "canonical_headers",
+    "canonical_query",
+    "canonical_request",
+    "canonical_uri",
+    "parse_iso_datetime",
+    "parse_token_response",
+    "payload_hash",
+    "sdk_quote",
+    "signature",
+    "signed_header_names",
+    "string_to_sign",
+]
 
 ALGORITHM = "SDK-HMAC-SHA256"
 SDK_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -381,11 +430,12 @@ def parse_token_response(headers: Mapping[str, str], body: bytes | str) -> IamTo
     return IamToken(token=token, expires_at=expires_at)
 
 
-TokenKey = tuple[str, str, str, str]
+TokenKey = tuple[str, str, str, str, str]
+"""``(iam endpoint, domain, user, project, SHA-256 of the password)``."""
 
 
 class TokenCache:
-    """Process-wide, thread-safe cache of IAM tokens keyed by ``(iam endpoint, domain, user, project)``.
+    """Process-wide, thread-safe cache of IAM tokens keyed by ``(iam endpoint, domain, user, project, password hash)``.
 
     A token is reused until ``lead`` before its expiry. :meth:`get` fetches at most once per key at a time:
     concurrent callers wait for the one fetch. :meth:`invalidate` drops a token the server refused, but only
@@ -453,3 +503,106 @@ class TokenCache:
 
 TOKEN_CACHE = TokenCache()
 """The process-wide cache every hook instance shares."""
+
+
+# --------------------------------------------------------------------------------------------------
+# IAM token as an auth object of requests and httpx
+# --------------------------------------------------------------------------------------------------
+
+_auth_log = logging.getLogger(__name__)
+
+
+class IamTokenAuth(requests.auth.AuthBase, httpx.Auth):
+    """Adds the cached IAM token as ``X-Auth-Token``; on a 401 gets a new token and resends once.
+
+    One object serves ``requests`` (``auth=`` of ``Session.request``) and ``httpx`` (``auth=`` of
+    ``AsyncClient.request``). The token comes from :data:`TOKEN_CACHE`; ``fetch`` (sync) or ``afetch``
+    (async) asks IAM for a new one when none is fresh. A 401 drops the refused token from the cache
+    (only if it is still the cached one) before the single resend.
+
+    :param key: the token's cache key (:attr:`ModelArtsConnectionConfig.token_key`).
+    :param fetch: obtains a new token, blocking (the sync hook).
+    :param afetch: obtains a new token without blocking the event loop (the async hook).
+    :param cache: the token cache.
+    """
+
+    def __init__(
+        self,
+        key: TokenKey,
+        *,
+        fetch: Callable[[], IamToken] | None = None,
+        afetch: Callable[[], Awaitable[IamToken]] | None = None,
+        cache: TokenCache | None = None,
+    ) -> None:
+        self.key = key
+        self._fetch = fetch
+        self._afetch = afetch
+        self._cache = cache or TOKEN_CACHE
+        self._alock: asyncio.Lock | None = None
+
+    def _refused(self, status: int, token: str) -> bool:
+        if status != 401:
+            return False
+        _auth_log.info("ModelArts refused the cached IAM token; getting a new one and retrying once.")
+        self._cache.invalidate(self.key, token)
+        return True
+
+    def token(self) -> str:
+        """A fresh token, fetched (once for all threads) when none is cached."""
+        if self._fetch is None:
+            raise RuntimeError("IamTokenAuth needs fetch= to be used with requests or a sync httpx client")
+        return self._cache.get(self.key, self._fetch).token
+
+    async def atoken(self) -> str:
+        """A fresh token, fetched (once for all tasks of this object) without blocking the event loop."""
+        cached = self._cache.peek(self.key)
+        if cached is not None:
+            return cached.token
+        if self._afetch is None:
+            raise RuntimeError("IamTokenAuth needs afetch= to be used with an async httpx client")
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        async with self._alock:
+            cached = self._cache.peek(self.key)
+            if cached is None:
+                cached = await self._afetch()
+                self._cache.store(self.key, cached)
+            return cached.token
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers[HEADER_AUTH_TOKEN] = self.token()
+        r.register_hook("response", self._resend_on_401)
+        return r
+
+    def _resend_on_401(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        sent = response.request
+        if not self._refused(response.status_code, str(sent.headers.get(HEADER_AUTH_TOKEN, ""))):
+            return response
+        response.close()
+        again = sent.copy()
+        again.headers[HEADER_AUTH_TOKEN] = self.token()
+        again.hooks = {"response": []}
+        resent = response.connection.send(again, **kwargs)
+        resent.history.append(response)
+        resent.request = again
+        return resent
+
+    # -- httpx ----------------------------------------------------------------------------------
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self.token()
+        request.headers[HEADER_AUTH_TOKEN] = token
+        response = yield request
+        if self._refused(response.status_code, token):
+            request.headers[HEADER_AUTH_TOKEN] = self.token()
+            yield request
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        token = await self.atoken()
+        request.headers[HEADER_AUTH_TOKEN] = token
+        response = yield request
+        if self._refused(response.status_code, token):
+            request.headers[HEADER_AUTH_TOKEN] = await self.atoken()
+            yield request

@@ -9,14 +9,16 @@ This module keeps that cost flat:
   fetching a link and then opening it costs one registration, not two);
 * links that never leave the provider (the archive workers' links, see :func:`mark_link_private`) are not
   registered at all: they are only logged with their query stripped, ``urllib3``'s request lines are
-  redacted by parameter name (``SignedUrlLogFilter`` in the hook module), and transport errors that quote
+  redacted by parameter name (:class:`SignedUrlLogFilter`), and transport errors that quote
   them are scrubbed (:func:`scrub_exception_chain`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,8 +30,12 @@ __all__ = [
     "LINKS",
     "SIGNED_URL_SECRET_PARAMS",
     "LinkRegistry",
+    "SignedUrlLogFilter",
+    "install_urllib3_log_filter",
     "mark_link_private",
     "mask_signed_url",
+    "redact_signed_url_secrets",
+    "redact_url",
     "scrub_exception_chain",
     "signed_url_secrets",
 ]
@@ -177,3 +183,67 @@ def scrub_exception_chain(err: BaseException, redact: Callable[[str], str]) -> N
         if redacted != texts:
             current.args = tuple(redacted)
         pending += [current.__cause__, current.__context__]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its query string, safe to log.
+
+    :param url: any URL.
+    """
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?..." if parts.query else "")
+
+
+_SECRET_PARAM_NAMES_RE = "|".join(map(re.escape, sorted(SIGNED_URL_SECRET_PARAMS)))
+_SECRET_PARAM_VALUE_RE = re.compile(rf"(?<=[?&])((?:{_SECRET_PARAM_NAMES_RE})=)[^&#\s\"'<>]*", re.IGNORECASE)
+
+
+def redact_signed_url_secrets(text: str) -> str:
+    """``text`` with the values of the secret query parameters of any signed URL in it replaced by ``***``.
+
+    The parameters are those :func:`signed_url_secrets` finds (``Signature``, ``X-Amz-Signature`` and the
+    security tokens); the rest of the URL (path, ``AccessKeyId``, ``Expires``) stays readable.
+
+    :param text: a log message, a URL or a request target like ``/bucket/key?...``.
+    """
+    return _SECRET_PARAM_VALUE_RE.sub(r"\1***", text)
+
+
+class SignedUrlLogFilter(logging.Filter):
+    """Redact signed-URL secrets from the records of ``urllib3``, which logs every request target at DEBUG.
+
+    Airflow's secret masker only covers Airflow's own task-log handlers; this filter keeps a log link's
+    signature out of any other handler (a console at DEBUG, a library user's own logging setup).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact_signed_url_secrets(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.poolmanager")
+
+
+_filter_lock = threading.Lock()
+
+
+def install_urllib3_log_filter() -> None:
+    """Add :class:`SignedUrlLogFilter` to the ``urllib3`` loggers that name request URLs (idempotent).
+
+    Called by the hooks when they are first used, never at import.
+    """
+    with _filter_lock:
+        _add_filters()
+
+
+def _add_filters() -> None:
+    for name in _URLLIB3_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(type(f).__name__ == SignedUrlLogFilter.__name__ for f in logger.filters):
+            logger.addFilter(SignedUrlLogFilter())

@@ -11,17 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsConfigError,
     ModelArtsResponseError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import (
-    ModelArtsAsyncHook,
-    ModelArtsConnectionConfig,
-    ModelArtsHook,
-)
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
 
 __all__ = [
     "PUBLISH_PATH",

@@ -158,7 +158,7 @@ class ModelArtsTaskLogPreviewLink(BaseOperatorLink):
         hook = ModelArtsHook(
             stored.get("modelarts_conn_id") or "modelarts_default",
             max_retries=0,
-            timeout=LOG_PREVIEW_LINK_TIMEOUT,
+            request_timeout=LOG_PREVIEW_LINK_TIMEOUT,
         )
         job_id = stored["training_job_id"]
         task_ids = stored.get("task_ids") or []

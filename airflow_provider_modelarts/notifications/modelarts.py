@@ -145,7 +145,7 @@ class ModelArtsTaskLogsNotifier(BaseNotifier):
             job,
             training_job_id=self.training_job_id,
             hook_factory=lambda: ModelArtsHook(
-                self.modelarts_conn_id, max_retries=0, timeout=DEFAULT_PART_TIMEOUT
+                self.modelarts_conn_id, max_retries=0, request_timeout=DEFAULT_PART_TIMEOUT
             ),
             tail_lines=min(max(int(self.tail_lines), 0), 500),
         ).to_dict()

@@ -325,7 +325,7 @@ class ModelArtsTrainingJobSensor(BaseSensorOperator):
         from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
         # One attempt with a short timeout per part: the digest never delays the failure much.
-        return ModelArtsHook(self.modelarts_conn_id, max_retries=0, timeout=DEFAULT_PART_TIMEOUT)
+        return ModelArtsHook(self.modelarts_conn_id, max_retries=0, request_timeout=DEFAULT_PART_TIMEOUT)
 
     def _failure_digest(self, job: dict[str, Any]) -> FailureDigest:
         return build_failure_digest(

@@ -34,7 +34,7 @@ from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, valid
 from airflow_provider_modelarts.states import TrainingJobPhase
 
 if TYPE_CHECKING:
-    from airflow_provider_modelarts.triggers.modelarts import _SharedHook
+    from airflow_provider_modelarts.hooks.modelarts_async import SharedHook as _SharedHook
 
 __all__ = [
     "DEFAULT_EVENT_PHASES",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsNotFoundError,
     ModelArtsResponseError,
 )
-from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
+from airflow_provider_modelarts.hooks.modelarts_async import ModelArtsAsyncHook, shared_hooks
 from airflow_provider_modelarts.log_stream import DEFAULT_STREAM_MAX_BYTES, AsyncLogStreamer
 from airflow_provider_modelarts.states import TrainingJobPhase
 from airflow_provider_modelarts.triggers.events import ModelArtsTrainingJobEventTrigger  # noqa: F401 - re-exported
@@ -103,54 +103,6 @@ def is_transient_error(error: BaseException) -> bool:
     except ImportError:  # pragma: no cover - httpx ships with Airflow
         return False
     return isinstance(error, httpx.TransportError)
-
-
-@dataclass
-class _SharedHook:
-    hook: ModelArtsAsyncHook
-    in_flight: asyncio.Semaphore
-    users: int = 0
-
-
-class _SharedHooks:
-    """One ``ModelArtsAsyncHook`` (so one httpx client) per event loop and connection id.
-
-    Hundreds of triggers watching jobs in one triggerer share a connection pool instead of each
-    opening its own; the last trigger to leave closes the client. The hook reads the connection and
-    builds its client once, off the event loop (:meth:`ModelArtsAsyncHook.get_client`). A semaphore caps
-    the polls in flight per client: httpcore's pool does work proportional to its queue length for
-    every request it assigns, so hundreds of simultaneous requests queued inside it cost quadratic CPU
-    on the event loop, while waiting on a semaphore costs nothing.
-    """
-
-    max_in_flight = 32
-
-    def __init__(self) -> None:
-        self._hooks: dict[tuple[int, str], _SharedHook] = {}
-
-    def acquire(self, conn_id: str, factory: Callable[[str], ModelArtsAsyncHook]) -> _SharedHook:
-        key = (id(asyncio.get_running_loop()), conn_id)
-        entry = self._hooks.get(key)
-        if entry is None:
-            entry = self._hooks[key] = _SharedHook(factory(conn_id), asyncio.Semaphore(self.max_in_flight))
-        entry.users += 1
-        return entry
-
-    async def release(self, conn_id: str) -> None:
-        key = (id(asyncio.get_running_loop()), conn_id)
-        entry = self._hooks.get(key)
-        if entry is None:
-            return
-        entry.users -= 1
-        if entry.users <= 0:
-            del self._hooks[key]
-            await entry.hook.close()
-
-    def __len__(self) -> int:
-        return len(self._hooks)
-
-
-shared_hooks = _SharedHooks()
 
 
 def _default_hook_factory(conn_id: str) -> ModelArtsAsyncHook:

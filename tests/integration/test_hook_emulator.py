@@ -18,6 +18,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsNotFoundError,
 )
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
+from airflow_provider_modelarts.hooks.modelarts_async import SharedHooks
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,53 @@ class TestTokenMode:
         emulator.knobs.expire_token_once = True
         hook.get_training_job("job-ok")
         assert emulator.counters["iam_token"] == 2
+
+    def test_async_reauth_once_when_token_expires(self, emulator, monkeypatch):
+        monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emulator.connection_json("token"))
+
+        async def go() -> None:
+            hook = ModelArtsAsyncHook(retry_wait=tenacity.wait_none())
+            try:
+                await hook.get_training_job("job-ok")
+                emulator.knobs.expire_token_once = True
+                job = await hook.get_training_job("job-ok")
+            finally:
+                await hook.close()
+            assert job["status"]["phase"] == "Completed"
+
+        asyncio.run(go())
+        assert emulator.counters["iam_token"] == 2
+
+    def test_wrong_password_never_reuses_the_right_passwords_token(self, emulator, monkeypatch):
+        monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", emulator.connection_json("token"))
+        _hook().get_training_job("job-ok")
+        conn = json.loads(emulator.connection_json("token"))
+        conn["password"] = "wrong-password"
+        monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", json.dumps(conn))
+        with pytest.raises(ModelArtsAuthError):
+            _hook().get_training_job("job-ok")
+        assert emulator.counters["iam_token"] == 2
+
+    def test_shared_hook_follows_a_changed_connection(self, emulator, monkeypatch):
+        registry = SharedHooks()
+        registry.recheck_after = 0.0
+
+        async def go() -> None:
+            monkeypatch.setenv("AIRFLOW_CONN_SHARED", emulator.connection_json())
+            first = registry.acquire("shared", lambda conn_id: ModelArtsAsyncHook(conn_id, max_retries=0))
+            await first.hook.get_training_job("job-ok")
+            assert emulator.counters.get("iam_token", 0) == 0
+            monkeypatch.setenv("AIRFLOW_CONN_SHARED", emulator.connection_json("token"))
+            await asyncio.sleep(0.01)
+            second = registry.acquire("shared", lambda conn_id: ModelArtsAsyncHook(conn_id, max_retries=0))
+            assert second.hook is first.hook
+            await second.hook.get_training_job("job-ok")
+            await registry.release("shared")
+            await registry.release("shared")
+
+        asyncio.run(go())
+        assert emulator.counters["iam_token"] == 1
+        assert len(registry) == 0
 
     def test_wrong_password(self, emulator, monkeypatch):
         conn = json.loads(emulator.connection_json("token"))

@@ -38,7 +38,9 @@ def make_hook(monkeypatch, *, retries: int = DEFAULT_MAX_RETRIES, **extra) -> Mo
         "extra": {"project_id": "p1", "endpoint": "http://127.0.0.1:9", **extra},
     }
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_LINKS", json.dumps(conn))
-    return ModelArtsHook("modelarts_links", retry_wait=tenacity.wait_none(), max_retries=retries, timeout=5)
+    return ModelArtsHook(
+        "modelarts_links", retry_wait=tenacity.wait_none(), max_retries=retries, request_timeout=5
+    )
 
 
 @pytest.fixture

@@ -286,7 +286,7 @@ def _make_hook(monkeypatch: pytest.MonkeyPatch, conn_json: str):
     from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
     monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn_json)
-    return ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=2, timeout=5)
+    return ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=2, request_timeout=5)
 
 
 def _assert_typed(exc: BaseException, case: Case, name: str) -> None:
@@ -357,7 +357,7 @@ def test_bad_input_async_hook(name: str, server: ScriptedServer, monkeypatch) ->
             return self.hook.get_task_log_url(job_id, task_id)
 
     async def run() -> None:
-        hook = ModelArtsAsyncHook(retry_wait=tenacity.wait_none(), max_retries=2, timeout=5)
+        hook = ModelArtsAsyncHook(retry_wait=tenacity.wait_none(), max_retries=2, request_timeout=5)
         try:
             await case.call(_Proxy(hook))
         finally:

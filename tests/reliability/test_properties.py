@@ -189,7 +189,7 @@ def test_accepted_ids_stay_one_path_segment_on_the_wire(monkeypatch):
                 }
             ),
         )
-        hook = ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, timeout=5)
+        hook = ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, request_timeout=5)
 
         @settings(max_examples=100, deadline=None)
         @given(job_id=valid_ids)

@@ -308,6 +308,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 def test_tls_verified_by_default_and_verify_false_warns_once(tmp_path, monkeypatch, caplog):
     import ssl
 
+    from airflow_provider_modelarts import connection as connection_module
     from airflow_provider_modelarts.exceptions import ModelArtsError
     from airflow_provider_modelarts.hooks import modelarts as hook_module
     from tests.reliability._servers import Answer, ScriptedServer
@@ -330,10 +331,12 @@ def test_tls_verified_by_default_and_verify_false_warns_once(tmp_path, monkeypat
             }
         )
 
-    monkeypatch.setattr(hook_module, "_verify_warned", False)
+    monkeypatch.setattr(connection_module, "_verify_warned", False)
     with server:
         monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn())
-        default_hook = hook_module.ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, timeout=5)
+        default_hook = hook_module.ModelArtsHook(
+            retry_wait=tenacity.wait_none(), max_retries=0, request_timeout=5
+        )
         assert default_hook.config.verify is True
         with pytest.raises(ModelArtsError) as info:
             default_hook.get_training_job("j")
@@ -343,11 +346,13 @@ def test_tls_verified_by_default_and_verify_false_warns_once(tmp_path, monkeypat
         monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn(verify=False))
         caplog.set_level(logging.WARNING)
         for _ in range(3):
-            hook = hook_module.ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, timeout=5)
+            hook = hook_module.ModelArtsHook(
+                retry_wait=tenacity.wait_none(), max_retries=0, request_timeout=5
+            )
             assert hook.get_training_job("j")["status"]["phase"] == "Completed"
         warnings = [r for r in caplog.records if "verification is disabled" in r.getMessage()]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
         monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_DEFAULT", conn(verify=str(cert)))
-        hook = hook_module.ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, timeout=5)
+        hook = hook_module.ModelArtsHook(retry_wait=tenacity.wait_none(), max_retries=0, request_timeout=5)
         assert hook.get_training_job("j")["status"]["phase"] == "Completed"

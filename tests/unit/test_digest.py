@@ -45,7 +45,7 @@ def failed_emu(emulator_factory, monkeypatch):
 
 
 def hook() -> ModelArtsHook:
-    return ModelArtsHook(max_retries=0, timeout=5)
+    return ModelArtsHook(max_retries=0, request_timeout=5)
 
 
 def test_digest_content(failed_emu):

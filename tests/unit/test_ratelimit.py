@@ -12,12 +12,9 @@ import requests_mock as rm
 import tenacity
 
 from airflow_provider_modelarts import ratelimit
+from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 from airflow_provider_modelarts.exceptions import ModelArtsConfigError
-from airflow_provider_modelarts.hooks.modelarts import (
-    ModelArtsAsyncHook,
-    ModelArtsConnectionConfig,
-    ModelArtsHook,
-)
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
 from airflow_provider_modelarts.ratelimit import (
     MIN_RATE,
     RECOVERY_SUCCESSES,

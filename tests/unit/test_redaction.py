@@ -15,11 +15,12 @@ import urllib3
 from airflow_provider_modelarts import redaction
 from airflow_provider_modelarts.exceptions import ModelArtsTransportError
 from airflow_provider_modelarts.hooks import modelarts as hook_module
-from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook, redact_signed_url_secrets
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 from airflow_provider_modelarts.redaction import (
     LinkRegistry,
     mark_link_private,
     mask_signed_url,
+    redact_signed_url_secrets,
     scrub_exception_chain,
     signed_url_secrets,
 )

@@ -15,7 +15,10 @@ import requests_mock as rm
 import tenacity
 
 from airflow_provider_modelarts import auth, redaction
+from airflow_provider_modelarts import connection as connection_module
+from airflow_provider_modelarts.api_errors import build_api_error
 from airflow_provider_modelarts.auth import TOKEN_CACHE, IamToken
+from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
@@ -26,14 +29,10 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsTransportError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks import modelarts as hook_module
-from airflow_provider_modelarts.hooks.modelarts import (
-    ModelArtsAsyncHook,
-    ModelArtsConnectionConfig,
-    ModelArtsHook,
-    RetryAfterWait,
-    build_api_error,
-)
+from airflow_provider_modelarts.hooks import answers as answers_module
+from airflow_provider_modelarts.hooks import modelarts_async as async_hook_module
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, ModelArtsHook
+from airflow_provider_modelarts.retry import RetryAfterWait
 
 AK = "HPUAEXAMPLEAK0000001"
 SK = "ExampleSecretKey0000000000000000000000000"
@@ -143,7 +142,7 @@ class TestConnectionConfig:
         assert config.auth_type == "aksk"
         assert config.endpoint == BASE
         assert config.access_key == AK
-        assert config.timeout == 30.0
+        assert config.request_timeout == 30.0
         assert config.max_retries == 5
         assert config.verify is True
         assert SK not in repr(config)
@@ -170,14 +169,14 @@ class TestConnectionConfig:
                 "project_id": PID,
                 "endpoint": BASE + "/",
                 "verify": str(ca),
-                "timeout": "2.5",
+                "request_timeout": "2.5",
                 "max_retries": "0",
             }
         )
         config = ModelArtsConnectionConfig.from_fields(login=AK, password=SK, extra=extra)
         assert config.endpoint == BASE
         assert config.verify == str(ca)
-        assert config.timeout == 2.5
+        assert config.request_timeout == 2.5
         assert config.max_retries == 0
 
     @pytest.mark.parametrize(
@@ -223,9 +222,9 @@ class TestConnectionConfig:
             (None, "p", {"project_id": PID, "region": "cn-north-4", "auth_type": "token"}, "login"),
             (AK, SK, {"project_id": PID, "endpoint": BASE, "verify": "/no/such/ca.pem"}, "verify"),
             (AK, SK, {"project_id": PID, "endpoint": BASE, "verify": 3}, "verify"),
-            (AK, SK, {"project_id": PID, "endpoint": BASE, "timeout": 0}, "timeout"),
-            (AK, SK, {"project_id": PID, "endpoint": BASE, "timeout": -1}, "timeout"),
-            (AK, SK, {"project_id": PID, "endpoint": BASE, "timeout": "soon"}, "timeout"),
+            (AK, SK, {"project_id": PID, "endpoint": BASE, "request_timeout": 0}, "request_timeout"),
+            (AK, SK, {"project_id": PID, "endpoint": BASE, "request_timeout": -1}, "request_timeout"),
+            (AK, SK, {"project_id": PID, "endpoint": BASE, "request_timeout": "soon"}, "request_timeout"),
             (AK, SK, {"project_id": PID, "endpoint": BASE, "max_retries": -1}, "max_retries"),
             (AK, SK, {"project_id": PID, "endpoint": BASE, "max_retries": 1.5}, "max_retries"),
             (AK, SK, {"project_id": PID, "endpoint": BASE, "max_retries": "many"}, "max_retries"),
@@ -245,8 +244,8 @@ class TestConnectionConfig:
 
     def test_verify_false_warns_once_per_process(self, use_conn, monkeypatch):
         use_conn(_aksk_conn(verify="false"))
-        monkeypatch.setattr(hook_module, "_verify_warned", False)
-        with mock.patch.object(hook_module, "log") as log:
+        monkeypatch.setattr(connection_module, "_verify_warned", False)
+        with mock.patch.object(connection_module, "log") as log:
             for _ in range(3):
                 assert ModelArtsHook().config.verify is False
         assert log.warning.call_count == 1
@@ -313,13 +312,13 @@ class TestAkSkRequests:
         assert _verify_signature(requests_mock.last_request)
 
     def test_every_request_has_a_timeout(self, use_conn):
-        use_conn(_aksk_conn(timeout=7))
+        use_conn(_aksk_conn(request_timeout=7))
         hook = ModelArtsHook()
         with mock.patch.object(requests.Session, "request") as request:
             request.return_value = mock.Mock(status_code=200, content=b"{}", headers={})
             hook.get_training_job("job-1")
         assert request.call_args.kwargs["timeout"] == 7
-        assert ModelArtsHook(timeout=2)._request_timeout(hook.config) == 2
+        assert ModelArtsHook(request_timeout=2).options.timeout_for(hook.config) == 2
 
 
 class TestValidation:
@@ -689,7 +688,7 @@ class TestErrors:
 class TestMasking:
     def test_connection_secrets_registered(self, use_conn):
         use_conn(_aksk_conn(security_token="TEMPORARY-SECURITY-TOKEN"))
-        with mock.patch.object(hook_module, "mask_secret") as mask:
+        with mock.patch.object(connection_module, "mask_secret") as mask:
             ModelArtsHook().config  # noqa: B018
         masked = {c.args[0] for c in mask.call_args_list}
         assert {SK, "TEMPORARY-SECURITY-TOKEN"} <= masked
@@ -697,7 +696,11 @@ class TestMasking:
     def test_password_and_token_registered(self, token_hook, requests_mock):
         requests_mock.post(TOKEN_URL, **_iam_ok("IAM-TOKEN-SECRET-VALUE"))
         requests_mock.get(JOB_URL, json={})
-        with mock.patch.object(hook_module, "mask_secret") as mask:
+        mask = mock.Mock()
+        with (
+            mock.patch.object(connection_module, "mask_secret", mask),
+            mock.patch.object(answers_module, "mask_secret", mask),
+        ):
             token_hook.get_training_job("job-1")
         masked = {c.args[0] for c in mask.call_args_list}
         assert {"iam-password-123", "IAM-TOKEN-SECRET-VALUE"} <= masked
@@ -751,14 +754,14 @@ class TestMasking:
         assert "GET " in caplog.records[0].getMessage() and "200 5" in caplog.records[0].getMessage()
 
     def test_urllib3_filter_installed_once(self):
-        hook_module.install_urllib3_log_filter()
-        hook_module.install_urllib3_log_filter()
+        redaction.install_urllib3_log_filter()
+        redaction.install_urllib3_log_filter()
         filters = logging.getLogger("urllib3.connectionpool").filters
-        assert sum(isinstance(f, hook_module.SignedUrlLogFilter) for f in filters) == 1
+        assert sum(isinstance(f, redaction.SignedUrlLogFilter) for f in filters) == 1
 
     def test_redact_signed_url_secrets_keeps_other_text(self):
         text = "see /b/k?Expires=1&X-Amz-Signature=abc&signature=d%2Be and Signature= plain"
-        assert hook_module.redact_signed_url_secrets(text) == (
+        assert redaction.redact_signed_url_secrets(text) == (
             "see /b/k?Expires=1&X-Amz-Signature=***&signature=*** and Signature= plain"
         )
 
@@ -1063,7 +1066,7 @@ class TestAsyncHook:
             return httpx.Response(200, json={"ok": True})
 
         hook, rec = self._hook(handler)
-        with mock.patch.object(hook_module, "_amask", new_callable=mock.AsyncMock) as amask:
+        with mock.patch.object(async_hook_module, "_amask", new_callable=mock.AsyncMock) as amask:
             assert _run(hook.get_training_job("job-1")) == {"ok": True}
         assert {"ASYNC-NEW-TOKEN", "iam-password-123"} <= {c.args[0] for c in amask.await_args_list}
         assert [r.url.path for r in rec.requests] == [
@@ -1077,8 +1080,9 @@ class TestAsyncHook:
         use_conn(_aksk_conn())
         hook, rec = self._hook(lambda req, n: httpx.Response(200, json={"obs_url": LOG_LINK}))
         with (
-            mock.patch.object(hook_module, "_amask", new_callable=mock.AsyncMock) as amask,
-            mock.patch.object(hook_module, "mask_secret") as sync_mask,
+            mock.patch.object(async_hook_module, "_amask", new_callable=mock.AsyncMock) as amask,
+            mock.patch.object(connection_module, "mask_secret", sync_mask := mock.Mock()),
+            mock.patch.object(answers_module, "mask_secret", sync_mask),
         ):
             assert _run(hook.get_task_log_url("job-1", "worker-0", download=True)) == LOG_LINK
         assert rec.requests[0].headers["Content-Type"] == "application/octet-stream"

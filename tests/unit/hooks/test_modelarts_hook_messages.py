@@ -15,6 +15,7 @@ import pytest
 import requests
 import tenacity
 
+from airflow_provider_modelarts import connection as connection_module
 from airflow_provider_modelarts.auth import TOKEN_CACHE
 from airflow_provider_modelarts.exceptions import (
     ModelArtsAuthError,
@@ -148,7 +149,7 @@ class TestTestConnection:
     def test_silent_server_is_given_a_short_timeout(self, use_conn, silent_server, monkeypatch):
         port, accepted = silent_server
         monkeypatch.setattr(hook_module, "TEST_CONNECTION_TIMEOUT", 0.3)
-        use_conn(conn(f"http://127.0.0.1:{port}", timeout=120, max_retries=5))
+        use_conn(conn(f"http://127.0.0.1:{port}", request_timeout=120, max_retries=5))
         with spy_requests() as spy:
             ok, message = ModelArtsHook().test_connection()
         assert not ok
@@ -159,7 +160,7 @@ class TestTestConnection:
 
     def test_shorter_connection_timeout_is_kept(self, use_conn, silent_server):
         port, _ = silent_server
-        use_conn(conn(f"http://127.0.0.1:{port}", timeout=0.2))
+        use_conn(conn(f"http://127.0.0.1:{port}", request_timeout=0.2))
         with spy_requests() as spy:
             ok, _ = ModelArtsHook().test_connection()
         assert not ok
@@ -236,7 +237,7 @@ class TestWording:
         value = conn("http://modelarts.test")
         value["host"] = "10.1.2.3"
         use_conn(value)
-        with caplog.at_level(logging.WARNING, logger=hook_module.log.name):
+        with caplog.at_level(logging.WARNING, logger=connection_module.log.name):
             assert ModelArtsHook().config.endpoint == "http://modelarts.test"
         assert "the host field ('10.1.2.3') is ignored; ModelArts is reached at http://modelarts.test" in (
             caplog.text

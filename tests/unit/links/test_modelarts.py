@@ -94,7 +94,7 @@ def test_preview_link_mints_a_fresh_link_with_one_short_attempt(stored, fake_hoo
     stored[TRAINING_JOB_XCOM_KEY] = STORED
     url = ModelArtsTaskLogPreviewLink().get_link(None, ti_key=TI_KEY)
     assert url == "http://obs.local/job-1/worker-0?download=False&Signature=x"
-    assert created == [("my_conn", {"max_retries": 0, "timeout": LOG_PREVIEW_LINK_TIMEOUT})]
+    assert created == [("my_conn", {"max_retries": 0, "request_timeout": LOG_PREVIEW_LINK_TIMEOUT})]
     assert LOG_PREVIEW_LINK_TIMEOUT <= 5
 
 

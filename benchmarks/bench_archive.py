@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from emulator_process import start_emulator
+from harness import run_json_child, start_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -158,18 +158,8 @@ def child(job_id: str, destination: str, chunk_size: int, no_sha256: bool = Fals
 def run_child(
     env: dict[str, str], job_id: str, destination: str, chunk_size: int, no_sha256: bool = False
 ) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", job_id, destination, "--chunk-size", str(chunk_size)]
-        + (["--no-sha256"] if no_sha256 else []),
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"archive subprocess failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--child", job_id, destination, "--chunk-size", str(chunk_size)]
+    return run_json_child(__file__, args + (["--no-sha256"] if no_sha256 else []), env)
 
 
 def run_curl(url: str, out: Path) -> tuple[float, float]:

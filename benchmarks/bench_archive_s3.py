@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from emulator_process import start_emulator
+from harness import run_json_child, start_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -126,17 +126,7 @@ def boto3_child(url: str, endpoint: str, bucket: str, key: str) -> None:
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"subprocess {args[0]} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, args, env)
 
 
 def _stored_sha256(client, bucket: str, key: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]

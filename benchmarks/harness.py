@@ -1,13 +1,14 @@
-"""Start the emulator in its own process (as a remote service would be) and read its connection."""
+"""Process helpers shared by the benchmarks: the emulator in its own process, JSON-reporting children."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["ROOT", "connection_of", "start_emulator"]
+__all__ = ["ROOT", "connection_of", "run_json_child", "start_emulator"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _PREFIX = "AIRFLOW_CONN_MODELARTS_DEFAULT="
@@ -47,3 +48,23 @@ def start_emulator(scenario: Path, *extra: str) -> tuple[subprocess.Popen[str], 
     proc.kill()
     proc.wait(timeout=30)
     raise RuntimeError("the emulator did not start")
+
+
+def run_json_child(script: str, args: list[str], env: dict[str, str]) -> dict:
+    """Run ``python SCRIPT ARGS`` and return the JSON document on the last line of its output.
+
+    :param script: the benchmark script (``__file__``) whose hidden child mode does the work.
+    :param args: its arguments.
+    :param env: the child's environment.
+    """
+    proc = subprocess.run(
+        [sys.executable, script, *args],
+        env=env,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"subprocess {args[0]} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -8,13 +8,12 @@ Against the local emulator on loopback (in its own process, as a remote OBS woul
 * memory: peak RSS of the archiving process for a 64 MiB and a 1 GiB log (each archive runs in its own
   subprocess; RSS read from ``ru_maxrss``), to show it does not grow with the log size.
 
-Prints a table; it is not a pass/fail test. Bars from issue 3: ratio >= 0.8x curl, peak RSS <= 200 MB.
+Prints a table next to the bars it is read against; it is not a pass/fail test.
 
 Fairness: every timed download (curl or operator) starts ``--settle`` seconds after the previous copy was
-deleted. On a VM with free page reporting (virtio-balloon), page-cache pages freed less than ~2 s earlier
-are still backed by the host and about 2-3x cheaper to write into than older ones; curl starts in
-milliseconds while the operator's process spends over a second importing Airflow, so without an equal
-pause curl always wrote into the cheap pages. CPU seconds (user+system) of the downloader and of the
+deleted. On a VM with free page reporting (virtio-balloon), page-cache pages freed shortly before are
+still backed by the host and cheaper to write into than older ones; curl starts at once while the
+operator's process first imports Airflow, so without an equal pause curl always wrote into the cheap pages. CPU seconds (user+system) of the downloader and of the
 emulator are printed too: unlike wall time they hardly depend on what else runs on the machine.
 The reference rows (``--ceilings``) show what is physically possible here: curl with a real (OpenSSL,
 SHA-NI) sha256 on a pipe, and a bare Python recv+sha256 loop with no write at all.
@@ -34,7 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from harness import run_json_child, start_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -156,18 +158,8 @@ def child(job_id: str, destination: str, chunk_size: int, no_sha256: bool = Fals
 def run_child(
     env: dict[str, str], job_id: str, destination: str, chunk_size: int, no_sha256: bool = False
 ) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", job_id, destination, "--chunk-size", str(chunk_size)]
-        + (["--no-sha256"] if no_sha256 else []),
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"archive subprocess failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--child", job_id, destination, "--chunk-size", str(chunk_size)]
+    return run_json_child(__file__, args + (["--no-sha256"] if no_sha256 else []), env)
 
 
 def run_curl(url: str, out: Path) -> tuple[float, float]:
@@ -185,7 +177,7 @@ def run_shell_sha(cmd: str) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout.split()[0]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -213,20 +205,10 @@ def main() -> None:
     parser.add_argument("--child-recv-hash", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("JOB_ID", "DESTINATION"), help=argparse.SUPPRESS)
     parser.add_argument("--no-sha256", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child_recv_hash:
-        recv_hash_child(args.child_recv_hash, args.chunk_size)
-        return
-    if args.child:
-        child(args.child[0], args.child[1], args.chunk_size, args.no_sha256)
-        return
-    if not shutil.which("curl"):
-        raise SystemExit("curl is needed for the comparison")
+    return parser
 
-    own_home = None
-    if "AIRFLOW_HOME" not in os.environ:
-        own_home = os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-airflow-home-")
-    big, small = args.size_mib * MiB, args.small_mib * MiB
+
+def _write_scenario(work: Path, big: int, small: int) -> Path:
     scenario = {
         "jobs": [
             {
@@ -238,137 +220,116 @@ def main() -> None:
             for job_id, size in (("bench-big", big), ("bench-small", small))
         ]
     }
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-archive-"))
-    work.mkdir(parents=True, exist_ok=True)
     scenario_file = work / "scenario.json"
     scenario_file.write_text(json.dumps(scenario))
-    from airflow_provider_modelarts.emulator import GeneratedLog
+    return scenario_file
 
-    # The emulator runs in its own process, like a remote OBS would, so it shares no GIL with anyone.
-    emu_proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(scenario_file)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=str(ROOT),
-    )
-    try:
-        conn_json = ""
-        assert emu_proc.stdout is not None
-        for line in emu_proc.stdout:
-            if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-                conn_json = line.split("=", 1)[1].strip().strip("'")
-                break
-        if not conn_json:
-            raise SystemExit("the emulator did not start")
-        env = {**os.environ, "AIRFLOW_CONN_MODELARTS_DEFAULT": conn_json, "PYTHONPATH": str(ROOT)}
-        os.environ["AIRFLOW_CONN_MODELARTS_DEFAULT"] = conn_json
+
+class _Steps:
+    """The timed downloads of one benchmark run, each returning wall and CPU seconds."""
+
+    def __init__(self, args: argparse.Namespace, *, work: Path, env: dict[str, str], big: int) -> None:
+        from airflow_provider_modelarts.emulator import GeneratedLog
         from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
-        hook = ModelArtsHook()
-        expected_sha = GeneratedLog(big, seed=7).sha256()
+        self.args = args
+        self.work = work
+        self.env = env
+        self.big = big
+        self.hook = ModelArtsHook()
+        self.expected_sha = GeneratedLog(big, seed=7).sha256()
+        self.op_runs: list[dict] = []
+        self.tee_sha = work / "curl-sha.log"
 
-        import psutil
+    def fresh_url(self) -> str:
+        return self.hook.get_task_log_url("bench-big", "worker-0", download=True)
 
-        emu_ps = psutil.Process(emu_proc.pid)
-        rows: dict[str, list[tuple[float, float, float]]] = {}  # name -> [(seconds, cpu, emulator cpu)]
-        op_runs: list[dict] = []
-        loads = [os.getloadavg()[0]]
+    def curl_o(self) -> tuple[float, float]:
+        out = self.work / "curl.log"
+        seconds, cpu = run_curl(self.fresh_url(), out)
+        if out.stat().st_size != self.big:
+            raise SystemExit(f"curl got {out.stat().st_size} bytes, expected {self.big}")
+        out.unlink()
+        return seconds, cpu
 
-        def fresh_url() -> str:
-            return hook.get_task_log_url("bench-big", "worker-0", download=True)
+    def operator(self, no_sha256: bool = False) -> tuple[float, float]:
+        dest = self.work / "op"
+        res = run_child(self.env, "bench-big", f"file://{dest}", self.args.chunk_size, no_sha256=no_sha256)
+        if not no_sha256:
+            if res["sha256"] != self.expected_sha or res["size"] != self.big:
+                raise SystemExit(f"archive mismatch: {res}")
+            self.op_runs.append(res)
+        shutil.rmtree(dest)
+        return res["seconds"], res["cpu"]
 
-        def timed(name: str, fn) -> None:  # type: ignore[no-untyped-def]
-            time.sleep(args.settle)
-            emu_before = sum(emu_ps.cpu_times()[:2])
-            seconds, cpu = fn()
-            rows.setdefault(name, []).append((seconds, cpu, sum(emu_ps.cpu_times()[:2]) - emu_before))
-            print(f"  {name}: {seconds:.2f}s, cpu {cpu:.2f}s, load {os.getloadavg()[0]:.2f}", flush=True)
-
-        def curl_o() -> tuple[float, float]:
-            out = work / "curl.log"
-            seconds, cpu = run_curl(fresh_url(), out)
-            if out.stat().st_size != big:
-                raise SystemExit(f"curl got {out.stat().st_size} bytes, expected {big}")
+    def shell_sha(self, cmd: str, out: Path | None) -> tuple[float, float]:
+        before = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
+        seconds, digest = run_shell_sha(cmd)
+        if digest != self.expected_sha:
+            raise SystemExit(f"{cmd!r} gave a different digest")
+        if out is not None:
             out.unlink()
-            return seconds, cpu
+        return seconds, _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before
 
-        def operator(no_sha256: bool = False) -> tuple[float, float]:
-            dest = work / "op"
-            res = run_child(env, "bench-big", f"file://{dest}", args.chunk_size, no_sha256=no_sha256)
-            if not no_sha256:
-                if res["sha256"] != expected_sha or res["size"] != big:
-                    raise SystemExit(f"archive mismatch: {res}")
-                op_runs.append(res)
-            shutil.rmtree(dest)
-            return res["seconds"], res["cpu"]
+    def recv_hash(self) -> tuple[float, float]:
+        command = [sys.executable, __file__, "--child-recv-hash", self.fresh_url()]
+        command += ["--chunk-size", str(self.args.chunk_size)]
+        proc = subprocess.run(command, capture_output=True, text=True, check=True, timeout=1800)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        if res["sha256"] != self.expected_sha:
+            raise SystemExit("the recv+sha256 loop gave a different digest")
+        return res["seconds"], res["cpu"]
 
-        def shell_sha(cmd: str, out: Path | None) -> tuple[float, float]:
-            before = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
-            seconds, digest = run_shell_sha(cmd)
-            if digest != expected_sha:
-                raise SystemExit(f"{cmd!r} gave a different digest")
-            if out is not None:
-                out.unlink()
-            return seconds, _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before
-
-        def recv_hash() -> tuple[float, float]:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child-recv-hash",
-                    fresh_url(),
-                    "--chunk-size",
-                    str(args.chunk_size),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=1800,
-            )
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
-            if res["sha256"] != expected_sha:
-                raise SystemExit("the recv+sha256 loop gave a different digest")
-            return res["seconds"], res["cpu"]
-
-        tee_sha = work / "curl-sha.log"
-        steps = {
-            "curl -o": curl_o,
-            "archive operator": operator,
-            "curl | tee | sha256sum": lambda: shell_sha(
-                f"curl -sS -f '{fresh_url()}' | tee '{tee_sha}' | sha256sum", tee_sha
+    def table(self) -> dict[str, Callable[[], tuple[float, float]]]:
+        """The steps by name, curl and the operator first."""
+        tee = self.tee_sha
+        steps: dict[str, Callable[[], tuple[float, float]]] = {
+            "curl -o": self.curl_o,
+            "archive operator": self.operator,
+            "curl | tee | sha256sum": lambda: self.shell_sha(
+                f"curl -sS -f '{self.fresh_url()}' | tee '{tee}' | sha256sum", tee
             ),
         }
-        if args.ceilings:
-            steps["curl | tee | openssl sha256"] = lambda: shell_sha(
-                f"curl -sS -f '{fresh_url()}' | tee '{tee_sha}' | openssl dgst -sha256 -r", tee_sha
+        if self.args.ceilings:
+            steps["curl | tee | openssl sha256"] = lambda: self.shell_sha(
+                f"curl -sS -f '{self.fresh_url()}' | tee '{tee}' | openssl dgst -sha256 -r", tee
             )
-            steps["curl | openssl sha256 (no write)"] = lambda: shell_sha(
-                f"curl -sS -f '{fresh_url()}' | openssl dgst -sha256 -r", None
+            steps["curl | openssl sha256 (no write)"] = lambda: self.shell_sha(
+                f"curl -sS -f '{self.fresh_url()}' | openssl dgst -sha256 -r", None
             )
-            steps["python recv+sha256 (no write)"] = recv_hash
-        if args.ablation:
-            steps["operator, sha256 off (diag)"] = lambda: operator(no_sha256=True)
-        for i in range(args.runs):
-            names = list(steps)
-            if i % 2:  # alternate which of curl and the operator goes first
-                names[0], names[1] = names[1], names[0]
-            print(f"run {i + 1}", flush=True)
-            for name in names:
-                timed(name, steps[name])
-            loads.append(os.getloadavg()[0])
+            steps["python recv+sha256 (no write)"] = self.recv_hash
+        if self.args.ablation:
+            steps["operator, sha256 off (diag)"] = lambda: self.operator(no_sha256=True)
+        return steps
 
-        time.sleep(args.settle)
-        small_res = run_child(env, "bench-small", f"file://{work / 'small'}", args.chunk_size)
-        shutil.rmtree(work / "small")
-    finally:
-        emu_proc.terminate()
-        emu_proc.wait(timeout=30)
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
 
-    if own_home:
-        shutil.rmtree(own_home, ignore_errors=True)
+Rows = dict[str, list[tuple[float, float, float]]]
+"""Step name -> [(seconds, cpu, emulator cpu)]."""
+
+
+def _run_steps(args: argparse.Namespace, steps: _Steps, emu_pid: int, loads: list[float]) -> Rows:
+    import psutil
+
+    emu_ps = psutil.Process(emu_pid)
+    rows: Rows = {}
+    table = steps.table()
+    for i in range(args.runs):
+        names = list(table)
+        if i % 2:  # alternate which of curl and the operator goes first
+            names[0], names[1] = names[1], names[0]
+        print(f"run {i + 1}", flush=True)
+        for name in names:
+            time.sleep(args.settle)
+            emu_before = sum(emu_ps.cpu_times()[:2])
+            seconds, cpu = table[name]()
+            rows.setdefault(name, []).append((seconds, cpu, sum(emu_ps.cpu_times()[:2]) - emu_before))
+            print(f"  {name}: {seconds:.2f}s, cpu {cpu:.2f}s, load {os.getloadavg()[0]:.2f}", flush=True)
+        loads.append(os.getloadavg()[0])
+    return rows
+
+
+def _report(args: argparse.Namespace, rows: Rows, steps: _Steps, small_res: dict, loads: list[float]) -> None:
+    big, op_runs = steps.big, steps.op_runs
 
     def med(name: str, k: int) -> float:
         return statistics.median(r[k] for r in rows[name])
@@ -403,7 +364,44 @@ def main() -> None:
         f"peak RSS growth {args.small_mib} MiB -> {args.size_mib} MiB: "
         f"{(big_rss - small_res['rss_peak']) / 1e6:+.1f} MB   (bar: peak <= 200 MB)"
     )
-    print(f"sha256 of every archived copy == emulator's: {expected_sha}")
+    print(f"sha256 of every archived copy == emulator's: {steps.expected_sha}")
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.child_recv_hash:
+        recv_hash_child(args.child_recv_hash, args.chunk_size)
+        return
+    if args.child:
+        child(args.child[0], args.child[1], args.chunk_size, args.no_sha256)
+        return
+    if not shutil.which("curl"):
+        raise SystemExit("curl is needed for the comparison")
+
+    own_home = None
+    if "AIRFLOW_HOME" not in os.environ:
+        own_home = os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-airflow-home-")
+    big, small = args.size_mib * MiB, args.small_mib * MiB
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-archive-"))
+    work.mkdir(parents=True, exist_ok=True)
+    emu_proc, conn_json = start_emulator(_write_scenario(work, big, small))
+    try:
+        env = {**os.environ, "AIRFLOW_CONN_MODELARTS_DEFAULT": conn_json, "PYTHONPATH": str(ROOT)}
+        os.environ["AIRFLOW_CONN_MODELARTS_DEFAULT"] = conn_json
+        steps = _Steps(args, work=work, env=env, big=big)
+        loads = [os.getloadavg()[0]]
+        rows = _run_steps(args, steps, emu_proc.pid, loads)
+        time.sleep(args.settle)
+        small_res = run_child(env, "bench-small", f"file://{work / 'small'}", args.chunk_size)
+        shutil.rmtree(work / "small")
+    finally:
+        emu_proc.terminate()
+        emu_proc.wait(timeout=30)
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    if own_home:
+        shutil.rmtree(own_home, ignore_errors=True)
+    _report(args, rows, steps, small_res, loads)
 
 
 if __name__ == "__main__":

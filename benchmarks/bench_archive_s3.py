@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import run_json_child, start_emulator
+
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
 AK, SK, REGION = "bench-access-key", "bench-secret-key", "us-east-1"
@@ -124,17 +126,7 @@ def boto3_child(url: str, endpoint: str, bucket: str, key: str) -> None:
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run(
-        [sys.executable, __file__, *args],
-        env=env,
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"subprocess {args[0]} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(__file__, args, env)
 
 
 def _stored_sha256(client, bucket: str, key: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
@@ -144,20 +136,6 @@ def _stored_sha256(client, bucket: str, key: str) -> tuple[int, str]:  # type: i
         sha.update(block)
         size += len(block)
     return size, sha.hexdigest()
-
-
-def _start_emulator(scenario_file: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(scenario_file)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=str(ROOT),
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-            return proc, line.split("=", 1)[1].strip().strip("'")
-    raise SystemExit("the emulator did not start")
 
 
 def _start_moto() -> tuple[subprocess.Popen, str]:
@@ -313,7 +291,7 @@ def main() -> None:
     from airflow_provider_modelarts.emulator import GeneratedLog
 
     expected = GeneratedLog(args.size_mib * MiB, seed=7).sha256()
-    emu, conn_json = _start_emulator(scenario_file)
+    emu, conn_json = start_emulator(scenario_file)
     moto, endpoint = _start_moto()
     try:
         env = _child_env(home, conn_json, endpoint)

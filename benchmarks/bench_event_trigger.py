@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness import start_emulator  # noqa: E402
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
@@ -58,23 +60,6 @@ def scenario(jobs: int, arrivals: int) -> dict:
         for i in range(arrivals)
     ]
     return {"jobs": items}
-
-
-def start_emulator(path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-            return proc, line.split("=", 1)[1].strip().strip("'")
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 class CountingHook:

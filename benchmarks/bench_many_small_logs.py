@@ -26,6 +26,9 @@ from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness import start_emulator  # noqa: E402
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
@@ -44,23 +47,6 @@ def scenario(tasks: int) -> dict:
             for half in ("a", "b")
         ]
     }
-
-
-def start_emulator(path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(path), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-            return proc, line.split("=", 1)[1].strip().strip("'")
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
 
 
 def run_variant(variant: str, dest: str, workers: int) -> dict:
@@ -93,7 +79,7 @@ def run_variant(variant: str, dest: str, workers: int) -> dict:
             )
             before = registered[0]
             t0, cpu0 = time.perf_counter(), time.process_time()
-            result = op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type]
+            result = op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type,typeddict-item]
             halves.append(
                 {
                     "logs": len(result["tasks"]),

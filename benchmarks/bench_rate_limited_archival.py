@@ -73,7 +73,7 @@ def worker(conn: str, dest: str, queue: Any, results: Any) -> None:
             task_id="archive_task_logs", training_job_id=job_id, destination=dest, wait_for_completion=False
         )
         try:
-            op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type]
+            op.execute({"ti": mock.MagicMock(), "task": None})  # type: ignore[arg-type,typeddict-item]
             results.put((job_id, None))
         except Exception as err:
             results.put((job_id, f"{type(err).__name__}: {str(err)[:200]}"))

@@ -33,16 +33,20 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from harness import start_emulator  # noqa: E402
+
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
@@ -65,27 +69,6 @@ def _job(i: int, end: float) -> dict:
 
 def scenario(jobs: int, first_end: float, spread: float) -> dict:
     return {"jobs": [_job(i, round(first_end + spread * i / max(jobs - 1, 1), 3)) for i in range(jobs)]}
-
-
-def start_emulator(path: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_modelarts.emulator", "--scenario", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    conn = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("AIRFLOW_CONN_MODELARTS_DEFAULT="):
-            conn = line.split("=", 1)[1].strip().strip("'")
-            break
-    if not conn:
-        proc.kill()
-        raise RuntimeError("the emulator did not start")
-    return proc, conn
 
 
 class StepTimer:
@@ -113,7 +96,7 @@ class StepTimer:
                 timer.longest = elapsed
                 timer.longest_what = repr(handle)[:300]
 
-        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -169,11 +152,11 @@ class Ticker:
 _COUNTED = ("get_training_job", "get_task_log_url", "read_log_range", "preview_task_log")
 
 
-def _count_calls(hook, calls: Counter) -> None:
+def _count_calls(hook: Any, calls: Counter[str]) -> None:
     for name in _COUNTED:
         original = getattr(hook, name)
 
-        def counted(*args, _original=original, _name=name, **kwargs):
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
             calls[_name] += 1
             return _original(*args, **kwargs)
 
@@ -188,7 +171,7 @@ async def watch_all(job_ids: list[str], poll_interval: float, gc_freeze: bool, s
 
     calls: Counter = Counter()
 
-    def counting_factory(conn_id: str):
+    def counting_factory(conn_id: str) -> Any:
         hook = _default_hook_factory(conn_id)
         _count_calls(hook, calls)
         return hook
@@ -298,7 +281,7 @@ async def sync_in_loop(job_ids: list[str]) -> dict:
 
 
 @contextlib.contextmanager
-def _stdout_to_file(path: Path):
+def _stdout_to_file(path: Path) -> Iterator[None]:
     """Trigger log lines (written to standard output here) go to a file, as a triggerer writes them to
     the task log files; the figures then include formatting and writing every streamed line."""
     sys.stdout.flush()

@@ -19,6 +19,8 @@ from airflow_provider_modelarts.emulator.server import (
     ModelArtsEmulator,
 )
 
+__all__ = ["build_parser", "export_line", "main"]
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the emulator command."""
@@ -76,19 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     :param argv: command line arguments (``sys.argv[1:]`` by default).
     """
     args = build_parser().parse_args(argv)
-    emulator = ModelArtsEmulator(
-        args.scenario,
-        host=args.host,
-        port=args.port,
-        ak=args.ak,
-        sk=args.sk,
-        project_id=args.project_id,
-        link_ttl=args.link_ttl,
-        iam_user=args.iam_user,
-        iam_password=args.iam_password,
-        domain=args.domain,
-        rate_limit=args.rate_limit,
-    )
+    options = {name: value for name, value in vars(args).items() if name != "scenario"}
+    emulator = ModelArtsEmulator(args.scenario, **options)
     url = emulator.start()
     print(url, flush=True)
     print(f"project_id={emulator.project_id} ak={emulator.ak} sk={emulator.sk}", flush=True)

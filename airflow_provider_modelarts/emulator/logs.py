@@ -15,6 +15,17 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
+__all__ = [
+    "BLOCK_SIZE",
+    "CHUNK_SIZE",
+    "FileLog",
+    "GeneratedLog",
+    "LogSource",
+    "TextLog",
+    "make_log_source",
+    "parse_size",
+]
+
 BLOCK_SIZE = 1024 * 1024
 CHUNK_SIZE = 1024 * 1024
 

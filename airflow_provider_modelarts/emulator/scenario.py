@@ -5,11 +5,26 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from airflow_provider_modelarts.emulator.logs import LogSource, make_log_source
+
+__all__ = [
+    "DEFAULT_GROWTH_SECONDS",
+    "PHASES",
+    "SECONDARY_PHASE",
+    "TERMINAL",
+    "EmulatedJob",
+    "EmulatedTask",
+    "ScenarioError",
+    "TimelineEntry",
+    "build_job",
+    "default_scenario",
+    "load_scenario",
+]
 
 PHASES = ("Creating", "Pending", "Running", "Failed", "Completed", "Terminating", "Terminated", "Abnormal")
 TERMINAL = frozenset({"Failed", "Completed", "Terminated", "Abnormal"})
@@ -178,7 +193,7 @@ class _Truncated(LogSource):
         self.inner = inner
         self.size = size
 
-    def iter_range(self, start, end):  # type: ignore[no-untyped-def]
+    def iter_range(self, start: int, end: int) -> Iterator[bytes | memoryview]:
         return self.inner.iter_range(start, min(end, self.size))
 
 

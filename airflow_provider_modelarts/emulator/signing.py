@@ -1,7 +1,7 @@
 """Server-side signature checks of the emulator: APIG ``SDK-HMAC-SHA256`` and OBS V2 query signatures.
 
-This is an independent implementation of the canonicalisation described in the ModelArts API notes
-(section 2b and 7); it deliberately shares no code with the provider's client-side signer.
+This is an independent implementation of the APIG and OBS canonicalisation; it deliberately shares no
+code with the provider's client-side signer, so that a mistake on one side shows up as a failed check.
 """
 
 from __future__ import annotations
@@ -18,6 +18,23 @@ from urllib.parse import quote, unquote
 SDK_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_CLOCK_SKEW_SECONDS = 15 * 60
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+__all__ = [
+    "EMPTY_SHA256",
+    "MAX_CLOCK_SKEW_SECONDS",
+    "SDK_DATE_FORMAT",
+    "SignatureError",
+    "VerifiedRequest",
+    "canonical_query",
+    "canonical_request",
+    "canonical_uri",
+    "obs_signature",
+    "obs_string_to_sign",
+    "parse_raw_query",
+    "sdk_signature",
+    "string_to_sign",
+    "verify_sdk_hmac",
+]
 
 _AUTH_RE = re.compile(
     r"^SDK-HMAC-SHA256\s+(?:Access=([^,\s]+)|Credential=([^/,\s]+)(?:/[^,]*)?)\s*,\s*"

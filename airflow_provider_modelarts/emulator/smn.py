@@ -28,21 +28,9 @@ MESSAGE_LIMIT = 256 * 1024
 SMS_PART_ASCII = 459
 SMS_PART_OTHER = 201
 SMS_PARTS_SENT = 2
-_PROTOCOLS = frozenset(
-    {
-        "default",
-        "email",
-        "sms",
-        "http",
-        "https",
-        "functionstage",
-        "functiongraph",
-        "dingding",
-        "wechat",
-        "feishu",
-        "welink",
-    }
-)
+_DELIVERY_PROTOCOLS = ("email", "sms", "http", "https")
+_APP_PROTOCOLS = ("functionstage", "functiongraph", "dingding", "wechat", "feishu", "welink")
+_PROTOCOLS = frozenset(("default", *_DELIVERY_PROTOCOLS, *_APP_PROTOCOLS))
 _TOPIC_URN = re.compile(
     r"urn:smn:(?P<region>[a-z0-9-]+):(?P<project>[A-Za-z0-9]{1,64}):(?P<name>[A-Za-z0-9][A-Za-z0-9_-]{0,254})"
 )

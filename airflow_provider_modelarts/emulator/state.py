@@ -1,10 +1,16 @@
-"""Fault knobs and request counters of the emulator (both safe to use from several threads)."""
+"""State shared by the parts of the emulator: fault knobs, request counters, its jobs and its clock."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_provider_modelarts.emulator.jobs import JobTable
+
+__all__ = ["COUNTER_KINDS", "Counters", "EmulatorContext", "Knobs"]
 
 COUNTER_KINDS = (
     "job",
@@ -99,3 +105,21 @@ class Counters(Mapping[str, int]):
 
     def __repr__(self) -> str:
         return f"Counters({self.snapshot()!r})"
+
+
+@dataclass(frozen=True)
+class EmulatorContext:
+    """What the emulator's request handlers share.
+
+    :param jobs: the jobs served.
+    :param knobs: fault knobs.
+    :param counters: request counters.
+    :param clock: the emulator's clock (unix seconds).
+    :param base_url: returns the emulator's base URL.
+    """
+
+    jobs: JobTable
+    knobs: Knobs
+    counters: Counters
+    clock: Callable[[], float]
+    base_url: Callable[[], str]

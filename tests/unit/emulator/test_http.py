@@ -540,7 +540,7 @@ def test_unsupported_method_and_internal_errors_still_answer(emulator, api, monk
     def broken(*args, **kwargs):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(emulator, "_preview", broken)
+    monkeypatch.setattr("airflow_provider_modelarts.emulator.api.preview_body", broken)
     failed = api("GET", "/training-jobs/job-ok/tasks/worker-0/logs/preview")
     assert failed.status_code == 500
     assert failed.json()["error_code"] == "ModelArts.0010"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 import requests
 
@@ -52,10 +55,15 @@ def live_emu(emulator_factory, monkeypatch):
 def test_preview_and_links_follow_the_current_size(live_emu):
     hook = ModelArtsHook(max_retries=0)
     live_emu.advance(1.0)
+    line = len(b"line 00001 of the training log\n")
+    started = time.monotonic()
     preview = hook.preview_task_log("j", "worker-0")
     url = hook.get_task_log_url("j", "worker-0")
     whole = requests.get(url, timeout=10).content
-    assert abs(len(whole) - preview["full_size"]) <= 40  # one more line at most between the two calls
+    elapsed = time.monotonic() - started
+    # The log grows by one line every 0.1 s of the emulator's clock, which runs in real time between calls.
+    assert 0 <= len(whole) - preview["full_size"] <= (math.ceil(elapsed / 0.1) + 1) * line
+    assert len(whole) < 100 * line
     assert preview["content"].startswith("line 00001 of the training log\n")
     live_emu.advance(20)
     assert hook.preview_task_log("j", "worker-0")["full_size"] == 100 * len(

@@ -8,14 +8,20 @@ bytes, gzip it, trickle it, state ``*`` totals, or redirect. Every request is re
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import socketserver
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import tenacity
+
+from airflow_provider_modelarts.connection import DEFAULT_MAX_RETRIES
 from airflow_provider_modelarts.exceptions import ModelArtsLogLinkExpiredError
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 
 
 @dataclass
@@ -172,3 +178,19 @@ __all__ = [
     "gzip_reply",
     "serve_range",
 ]
+
+
+DATA = b"".join(f"line {i} {'x' * (i % 53)}\n".encode() for i in range(3000))  # ~ 90 KB
+
+
+def make_hook(monkeypatch: Any, *, retries: int = DEFAULT_MAX_RETRIES, **extra: Any) -> ModelArtsHook:
+    conn = {
+        "conn_type": "modelarts",
+        "login": "AK",
+        "password": "SK-secret-value",
+        "extra": {"project_id": "p1", "endpoint": "http://127.0.0.1:9", **extra},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_LINKS", json.dumps(conn))
+    return ModelArtsHook(
+        "modelarts_links", retry_wait=tenacity.wait_none(), max_retries=retries, request_timeout=5
+    )

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import os
 import traceback
 
 import pytest
-import tenacity
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_modelarts.exceptions import (
@@ -22,25 +20,18 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsTransportError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import DEFAULT_MAX_RETRIES, ModelArtsHook
+from airflow_provider_modelarts.hooks.modelarts import DEFAULT_MAX_RETRIES
 from airflow_provider_modelarts.transfer import DEFAULT_MAX_ATTEMPTS, archive_task_log
-from tests.reliability._link_server import HookLinkSource, LinkServer, Reply, gzip_reply, serve_range
+from tests.reliability._link_server import (
+    DATA,
+    HookLinkSource,
+    LinkServer,
+    Reply,
+    gzip_reply,
+    make_hook,
+    serve_range,
+)
 from tests.reliability._secrets import find_leaks
-
-DATA = b"".join(f"line {i} {'x' * (i % 53)}\n".encode() for i in range(3000))  # ~ 90 KB
-
-
-def make_hook(monkeypatch, *, retries: int = DEFAULT_MAX_RETRIES, **extra) -> ModelArtsHook:
-    conn = {
-        "conn_type": "modelarts",
-        "login": "AK",
-        "password": "SK-secret-value",
-        "extra": {"project_id": "p1", "endpoint": "http://127.0.0.1:9", **extra},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_MODELARTS_LINKS", json.dumps(conn))
-    return ModelArtsHook(
-        "modelarts_links", retry_wait=tenacity.wait_none(), max_retries=retries, request_timeout=5
-    )
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from airflow.sdk.execution_time.timeout import timeout
 from airflow_provider_modelarts.archiving.log_copy import LogCopy, StopSignal
 from airflow_provider_modelarts.exceptions import ModelArtsArchiveStoppedError
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver
-from tests.reliability._link_server import HookLinkSource, LinkServer, Reply, serve_range
-from tests.reliability.test_archive_link_faults import DATA, make_hook
+from tests.reliability._link_server import DATA, HookLinkSource, LinkServer, Reply, make_hook, serve_range
 
 TASKS = [f"worker-{i}" for i in range(10)]
 JOB = {"metadata": {"id": "job-1", "name": "n"}, "status": {"phase": "Completed", "tasks": TASKS}}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.airflow_cli import REPO_ROOT
-from tests.reliability.test_real_scheduler import AirflowCluster, airflow_cluster
+from tests.fixtures.airflow_cluster import AirflowCluster, airflow_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -14,199 +14,21 @@ with ``airflow dags reserialize`` instead of running a ``dag-processor``, which 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import secrets
-import signal
-import socket
-import sqlite3
-import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.fixtures.airflow_cli import AIRFLOW_BIN, REPO_ROOT, airflow_env, run_airflow
+from tests.fixtures.airflow_cli import REPO_ROOT
+from tests.fixtures.airflow_cluster import AirflowCluster, airflow_cluster, trigger_dag_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(420)]
 
 HERE_DAGS = Path(__file__).with_name("dags")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class AirflowCluster:
-    """Scheduler + triggerer + API server sharing one fresh ``AIRFLOW_HOME``; every process in its own group.
-
-    :param home: the fresh ``AIRFLOW_HOME``.
-    :param dags_folder: folder the scheduler and workers load DAGs from.
-    :param extra_env: more environment for every component (connections, marker dirs...).
-    """
-
-    def __init__(self, home: Path, dags_folder: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.home = home
-        self.dags_folder = dags_folder
-        self.port = _free_port()
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.db_path = home / "airflow.db"
-        self.env = airflow_env(
-            home,
-            {
-                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-                "AIRFLOW__CORE__PARALLELISM": "2",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.port}/execution/",
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-                "AIRFLOW__API__HOST": "127.0.0.1",
-                "AIRFLOW__API__PORT": str(self.port),
-                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.port}",
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-                "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-                "NO_COLOR": "1",
-                **(extra_env or {}),
-            },
-            dags_folder=dags_folder,
-        )
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run one ``airflow`` CLI command to completion; raise with its output if it fails."""
-        result = run_airflow(*args, env=self.env, timeout=timeout)
-        if result.returncode != 0:
-            raise AssertionError(
-                f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-            )
-        return result
-
-    def start(self, name: str, *args: str) -> None:
-        """Start a long-running component in its own process group, output to ``<home>/<name>.out``."""
-        out = (self.home / f"{name}.out").open("wb")
-        self.procs[name] = subprocess.Popen(
-            [str(AIRFLOW_BIN), *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        out.close()
-
-    def output(self, name: str) -> str:
-        path = self.home / f"{name}.out"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_api_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.port}/api/v2/monitor/health"
-        while time.monotonic() < deadline:
-            proc = self.procs["api-server"]
-            if proc.poll() is not None:
-                raise AssertionError(f"api-server exited {proc.returncode}:\n{self.output('api-server')}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"api-server not ready in {timeout}s:\n{self.output('api-server')[-4000:]}")
-
-    def stop(self) -> None:
-        """SIGTERM every component's process group, then SIGKILL whatever is left."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for proc in self.procs.values():
-            # The group may still hold workers/supervisors even when the leader is gone.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-    def query(self, sql: str, *params: object) -> list[tuple]:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
-
-    def dag_run_state(self, dag_id: str, run_id: str) -> str | None:
-        rows = self.query("SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", dag_id, run_id)
-        return rows[0][0] if rows else None
-
-    def wait_dag_run(self, dag_id: str, run_id: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        state = None
-        while time.monotonic() < deadline:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise AssertionError(f"{name} exited {proc.returncode}:\n{self.output(name)[-4000:]}")
-            with contextlib.suppress(sqlite3.OperationalError):
-                state = self.dag_run_state(dag_id, run_id)
-            if state in ("success", "failed"):
-                return state
-            time.sleep(1)
-        raise AssertionError(
-            f"dag run {dag_id}/{run_id} still {state!r} after {timeout}s\n{self.diagnostics()}"
-        )
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, tuple]:
-        rows = self.query(
-            "SELECT task_id, state, try_number, next_method FROM task_instance WHERE dag_id = ? AND run_id = ?",
-            dag_id,
-            run_id,
-        )
-        return {r[0]: r[1:] for r in rows}
-
-    def task_logs(self, dag_id: str, run_id: str, task_id: str) -> str:
-        base = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-        return "\n".join(p.read_text(errors="replace") for p in sorted(base.rglob("*.log")))
-
-    def diagnostics(self) -> str:
-        parts = []
-        for name in self.procs:
-            parts.append(f"----- {name} (tail) -----\n{self.output(name)[-3000:]}")
-        return "\n".join(parts)
-
-
-@contextlib.contextmanager
-def airflow_cluster(
-    home: Path, dags_folder: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[AirflowCluster]:
-    """Migrate a fresh database, serialise the DAGs, start api-server, scheduler and triggerer; stop them all."""
-    cluster = AirflowCluster(home, dags_folder, extra_env)
-    cluster.cli("db", "migrate", timeout=180)
-    cluster.cli("dags", "reserialize", timeout=180)
-    try:
-        cluster.start("api-server", "api-server", "--port", str(cluster.port), "--host", "127.0.0.1")
-        cluster.start("scheduler", "scheduler")
-        cluster.start("triggerer", "triggerer")
-        cluster.wait_api_ready()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def _trigger(cluster: AirflowCluster, dag_id: str, run_id: str, conf: str | None = None) -> None:
-    cluster.cli("dags", "unpause", dag_id)
-    args = ["dags", "trigger", dag_id, "--run-id", run_id]
-    if conf:
-        args += ["--conf", conf]
-    cluster.cli(*args)
 
 
 def _assert_went_through_triggerer(cluster: AirflowCluster, dag_id: str, run_id: str, task_id: str) -> None:
@@ -274,7 +96,7 @@ def test_deferral_crosses_scheduler_worker_and_triggerer(tmp_path: Path) -> None
     with airflow_cluster(
         tmp_path / "home", HERE_DAGS, {"RELIABILITY_MARKER_DIR": str(marker_dir)}
     ) as cluster:
-        _trigger(cluster, dag_id, run_id)
+        trigger_dag_run(cluster, dag_id, run_id)
         state = cluster.wait_dag_run(dag_id, run_id, timeout=180)
         tis = cluster.task_states(dag_id, run_id)
         assert state == "success", f"run ended {state}: {tis}\n{cluster.diagnostics()}"
@@ -337,7 +159,7 @@ def test_provider_deferrable_sensor_and_archive_through_real_scheduler(
                 ],
             }
         )
-        _trigger(cluster, dag_id, run_id)
+        trigger_dag_run(cluster, dag_id, run_id)
         state = cluster.wait_dag_run(dag_id, run_id, timeout=180)
         tis = cluster.task_states(dag_id, run_id)
         assert state == "success", f"run ended {state}: {tis}\n{cluster.diagnostics()}"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_modelarts.emulator import DEFAULT_SK
-from tests.reliability.test_real_scheduler import REPO_ROOT, _trigger, airflow_cluster
+from tests.fixtures.airflow_cli import REPO_ROOT
+from tests.fixtures.airflow_cluster import airflow_cluster, trigger_dag_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(480)]
 
@@ -74,7 +75,7 @@ def test_streamed_lines_reach_the_task_log_once_masked_and_survive_a_triggerer_r
     home = tmp_path / "home"
     with airflow_cluster(home, dags, env) as cluster:
         emu.add_job(_job(job_id))
-        _trigger(cluster, dag_id, run_id)
+        trigger_dag_run(cluster, dag_id, run_id)
         # Wait until the trigger has streamed some lines, then restart the triggerer mid-job.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_modelarts.connection import validate_resource_id
 from airflow_provider_modelarts.exceptions import ModelArtsUnexpectedJobError, ModelArtsValidationError
-from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
 from airflow_provider_modelarts.states import JobOutcome, TrainingJobPhase, evaluate_phase
 
 __all__ = ["MAX_TIME_MS", "TrainingJob", "epoch_ms", "evaluate_training_job"]

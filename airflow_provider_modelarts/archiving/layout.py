@@ -14,8 +14,8 @@ from string import Formatter
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_modelarts.archiving.staging import NAME_MAX, STAGING_NAME_OVERHEAD
+from airflow_provider_modelarts.connection import validate_resource_id
 from airflow_provider_modelarts.exceptions import ModelArtsValidationError
-from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
 from airflow_provider_modelarts.training_job import TrainingJob
 
 if TYPE_CHECKING:

@@ -19,12 +19,9 @@ import tenacity
 
 from airflow_provider_modelarts.auth import IamToken, IamTokenAuth
 from airflow_provider_modelarts.connection import (
-    DEFAULT_MAX_RETRIES,
     ModelArtsConnectionConfig,
     parse_connection,
     read_connection,
-    validate_project_id,
-    validate_resource_id,
     warn_verify_disabled,
 )
 from airflow_provider_modelarts.exceptions import (
@@ -66,25 +63,13 @@ from airflow_provider_modelarts.hooks.calls import (
 )
 from airflow_provider_modelarts.hooks.common import ERROR_BODY_LIMIT, ModelArtsHookBase, raise_for_answer
 from airflow_provider_modelarts.hooks.modelarts_async import ModelArtsAsyncHook
-from airflow_provider_modelarts.redaction import (
-    mask_signed_url,
-    signed_url_secrets,
-)
-from airflow_provider_modelarts.retry import RetryAfterWait
 
 # Besides the hooks: names moved to other modules that other parts of the package still import from here.
 __all__ = [
-    "DEFAULT_MAX_RETRIES",
     "TEST_CONNECTION_TIMEOUT",
     "ModelArtsAsyncHook",
-    "ModelArtsConnectionConfig",
     "ModelArtsHook",
-    "RetryAfterWait",
     "log_url_expires_at",
-    "mask_signed_url",
-    "signed_url_secrets",
-    "validate_project_id",
-    "validate_resource_id",
 ]
 
 TEST_CONNECTION_TIMEOUT = 5.0

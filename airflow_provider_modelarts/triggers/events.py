@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID, validate_resource_id
 from airflow_provider_modelarts.exceptions import (
     ModelArtsAuthError,
     ModelArtsConfigError,
@@ -31,7 +31,7 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook, validate_resource_id
+from airflow_provider_modelarts.hooks.modelarts import ModelArtsAsyncHook
 from airflow_provider_modelarts.states import TrainingJobPhase
 from airflow_provider_modelarts.training_job import MAX_TIME_MS, TrainingJob, epoch_ms
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_modelarts.connection import DEFAULT_CONN_ID
+from airflow_provider_modelarts.connection import DEFAULT_CONN_ID, validate_resource_id
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsAuthError,
@@ -18,7 +18,6 @@ from airflow_provider_modelarts.exceptions import (
     ModelArtsResponseError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
 from airflow_provider_modelarts.hooks.modelarts_async import ModelArtsAsyncHook, shared_hooks
 from airflow_provider_modelarts.log_stream import (
     DEFAULT_STREAM_MAX_BYTES,

@@ -14,13 +14,13 @@ import traceback
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
+from airflow_provider_modelarts.connection import DEFAULT_MAX_RETRIES
 from airflow_provider_modelarts.exceptions import (
     ModelArtsApiError,
     ModelArtsLogTransferError,
     ModelArtsTransportError,
     ModelArtsValidationError,
 )
-from airflow_provider_modelarts.hooks.modelarts import DEFAULT_MAX_RETRIES
 from airflow_provider_modelarts.transfer import DEFAULT_MAX_ATTEMPTS, archive_task_log
 from tests.reliability._link_server import (
     DATA,

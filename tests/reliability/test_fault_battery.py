@@ -28,7 +28,7 @@ import pytest
 import tenacity
 
 from airflow_provider_modelarts.exceptions import ModelArtsAuthError
-from airflow_provider_modelarts.hooks.modelarts import RetryAfterWait
+from airflow_provider_modelarts.retry import RetryAfterWait
 from airflow_provider_modelarts.transfer import TrainingJobLogArchiver, read_manifest
 
 pytestmark = [pytest.mark.integration]

@@ -111,8 +111,8 @@ FORBIDDEN_IN_IDS = ["/", "\\", "?", "#", "..", " ", "\t", "\n", "\r", "\x00", "\
 @given(value=st.text(max_size=300) | st.integers() | st.none() | st.binary(max_size=10))
 def test_resource_id_validation_accepts_exactly_the_documented_set(value):
     """Accepted iff a 1-256 char printable string without ``/ \\ ? #``, whitespace or ``..``; never another error."""
+    from airflow_provider_modelarts.connection import validate_resource_id
     from airflow_provider_modelarts.exceptions import ModelArtsValidationError
-    from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
 
     documented_ok = (
         isinstance(value, str)
@@ -133,8 +133,8 @@ def test_resource_id_validation_accepts_exactly_the_documented_set(value):
 @PROFILE
 @given(prefix=st.text(max_size=20), bad=st.sampled_from(FORBIDDEN_IN_IDS), suffix=st.text(max_size=20))
 def test_any_id_with_a_forbidden_part_is_rejected(prefix, bad, suffix):
+    from airflow_provider_modelarts.connection import validate_resource_id
     from airflow_provider_modelarts.exceptions import ModelArtsValidationError
-    from airflow_provider_modelarts.hooks.modelarts import validate_resource_id
 
     with pytest.raises(ModelArtsValidationError):
         validate_resource_id(prefix + bad + suffix)
@@ -145,8 +145,8 @@ def test_any_id_with_a_forbidden_part_is_rejected(prefix, bad, suffix):
 def test_project_id_validation(value):
     import re
 
+    from airflow_provider_modelarts.connection import validate_project_id
     from airflow_provider_modelarts.exceptions import ModelArtsValidationError
-    from airflow_provider_modelarts.hooks.modelarts import validate_project_id
 
     ok = re.fullmatch(r"[A-Za-z0-9-]{1,64}", value) is not None
     try:

@@ -230,7 +230,7 @@ def test_fault_run_logs_and_errors_hold_no_secrets(  # noqa: PLR0917
         assert len(issued) >= 2, "the expired token was never replaced"
     from airflow.sdk.log import redact
 
-    from airflow_provider_modelarts.hooks.modelarts import signed_url_secrets
+    from airflow_provider_modelarts.redaction import signed_url_secrets
 
     # Every signature of every link handed out must stay out of the logs.
     link_secrets = [s for url in links for s in signed_url_secrets(url)]

@@ -17,8 +17,8 @@ from airflow_provider_modelarts.archiving.checks import (
     plan_response,
 )
 from airflow_provider_modelarts.archiving.log_copy import LogCopy, StallDetector
+from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 from airflow_provider_modelarts.exceptions import ModelArtsConfigError, ModelArtsLogTransferError
-from airflow_provider_modelarts.hooks.modelarts import ModelArtsConnectionConfig
 
 
 def test_200_states_its_total_with_content_length():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import traceback
 from unittest import mock
@@ -14,7 +13,6 @@ import urllib3
 
 from airflow_provider_modelarts import redaction
 from airflow_provider_modelarts.exceptions import ModelArtsTransportError
-from airflow_provider_modelarts.hooks import modelarts as hook_module
 from airflow_provider_modelarts.hooks.modelarts import ModelArtsHook
 from airflow_provider_modelarts.redaction import (
     LinkRegistry,
@@ -183,9 +181,3 @@ def test_archive_operator_workers_keep_links_private():
     op = ModelArtsArchiveTaskLogsOperator(task_id="a", training_job_id="j", destination="file:///tmp/x")
     assert op.new_hook().mask_log_links is False
     assert op.hook.mask_log_links is True
-
-
-def test_hook_module_keeps_the_old_names():
-    assert hook_module.signed_url_secrets is signed_url_secrets
-    assert hook_module.mask_signed_url is mask_signed_url
-    logging.getLogger(__name__).debug("names re-exported")

@@ -325,7 +325,7 @@ def test_missing_region_and_smn_endpoint_is_a_config_error(monkeypatch):
 
 
 def test_bad_smn_endpoint_extra_is_a_config_error():
-    from airflow_provider_modelarts.hooks.modelarts import ModelArtsConnectionConfig
+    from airflow_provider_modelarts.connection import ModelArtsConnectionConfig
 
     with pytest.raises(ModelArtsConfigError, match="smn_endpoint"):
         ModelArtsConnectionConfig.from_fields(

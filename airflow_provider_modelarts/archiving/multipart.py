@@ -14,6 +14,7 @@ apply) and ``invalidate_cache``.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -72,10 +73,10 @@ class MultipartWriter:
         self.check_stop = check_stop
         self.written = 0
         self.upload_id: str | None = None
-        self._buf = bytearray(part_size)
+        self._buf = io.BytesIO()
         self._fill = 0
-        self._free: list[bytearray] = []
-        self._parts: dict[Future[dict[str, Any]], tuple[int, bytearray]] = {}
+        self._free: list[io.BytesIO] = []
+        self._parts: dict[Future[dict[str, Any]], tuple[int, io.BytesIO]] = {}
         self._done: list[tuple[dict[str, Any], int]] = []
         self._pool: ThreadPoolExecutor | None = None
 
@@ -88,7 +89,7 @@ class MultipartWriter:
         done = 0
         while done < len(view):
             n = min(len(view) - done, self.part_size - self._fill)
-            self._buf[self._fill : self._fill + n] = view[done : done + n]
+            self._buf.write(view[done : done + n])
             self._fill += n
             done += n
             if self._fill == self.part_size:
@@ -108,13 +109,23 @@ class MultipartWriter:
             raise OSError(f"more than {MAX_PARTS} parts of {self.part_size} bytes")
         assert self._pool is not None
         buf, size = self._buf, self._fill
-        # botocore takes bytes, bytearray or a file, not a memoryview: a full buffer goes as it is.
-        future = self._pool.submit(self._upload, number, buf if size == len(buf) else buf[:size])
+        # Sent as a file: the HTTP client reads it in small slices instead of copying the whole part.
+        buf.truncate(size)
+        buf.seek(0)
+        future = self._pool.submit(self._upload, number, buf)
         self._parts[future] = (size, buf)
-        self._buf = self._free.pop() if self._free else bytearray(self.part_size)
+        self._buf = self._take_buffer()
         self._fill = 0
 
-    def _upload(self, number: int, body: bytearray) -> dict[str, Any]:
+    def _take_buffer(self) -> io.BytesIO:
+        """A part buffer to fill from the start: a returned one (its memory reused) or a new one."""
+        if not self._free:
+            return io.BytesIO()
+        buf = self._free.pop()
+        buf.seek(0)
+        return buf
+
+    def _upload(self, number: int, body: io.BytesIO) -> dict[str, Any]:
         out = self._call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=body)
         part = {"PartNumber": number, "ETag": out["ETag"]}
         for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256"):
@@ -160,7 +171,7 @@ class MultipartWriter:
         """Make the object appear: complete the upload (one ``PutObject`` for an object under one part)."""
         if self.upload_id is None:
             self.fs.call_s3(
-                "put_object", Bucket=self.bucket, Key=self.key, Body=bytes(self._buf[: self._fill])
+                "put_object", Bucket=self.bucket, Key=self.key, Body=self._buf.getvalue()[: self._fill]
             )
         else:
             parts = sorted((p for p, _ in self._done), key=lambda p: p["PartNumber"])
@@ -185,7 +196,7 @@ class MultipartWriter:
     def _close(self) -> None:
         self._parts.clear()
         self._free.clear()
-        self._buf = bytearray()
+        self._buf = io.BytesIO()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

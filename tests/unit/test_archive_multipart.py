@@ -7,6 +7,7 @@ body objects handed over (to count the buffers held); part uploads can be held o
 from __future__ import annotations
 
 import hashlib
+import io
 import threading
 
 import pytest
@@ -34,7 +35,7 @@ class RecordingS3(S3FileSystem):
         super().__init__(anon=True)
         self.calls: list[str] = []
         self.parts: dict[int, bytes] = {}
-        self.bodies: list[bytearray] = []
+        self.bodies: list[io.BytesIO] = []
         self.objects: dict[str, bytes] = {}
         self.aborted: list[str] = []
         self.in_flight = 0
@@ -71,7 +72,8 @@ class RecordingS3(S3FileSystem):
 
     def _upload_part(self, kwargs):
         body = kwargs["Body"]
-        assert isinstance(body, (bytes, bytearray))
+        # A file read from its position, as the HTTP client does (seekable, so a retry can resend it).
+        assert isinstance(body, io.BytesIO) and body.seekable()
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -82,7 +84,7 @@ class RecordingS3(S3FileSystem):
             self.gate.wait(30)
             if kwargs["PartNumber"] == self.fail_part:
                 raise PermissionError(13, "Access Denied")
-            self.parts[kwargs["PartNumber"]] = bytes(body)
+            self.parts[kwargs["PartNumber"]] = body.read()
             return {"ETag": f'"etag-{kwargs["PartNumber"]}"'}
         finally:
             with self._lock:

@@ -42,10 +42,17 @@ def _assert_went_through_triggerer(cluster: AirflowCluster, dag_id: str, run_id:
     assert "Pausing task as DEFERRED" in task_log, f"{task_id} never deferred:\n{task_log[-3000:]}"
     assert task_log.count("::group::Pre Execute") >= 2, f"{task_id} never resumed on a worker:\n{task_log}"
     base = cluster.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    trigger_logs = sorted(base.glob("*.trigger.*.log"))
+    # The triggerer writes a trigger's log file asynchronously: after many streamed lines its last line can
+    # land some seconds after the run has finished, so wait for it (bounded) instead of reading once.
+    deadline = time.monotonic() + 60
+    while True:
+        trigger_logs = sorted(base.glob("*.trigger.*.log"))
+        trigger_text = "\n".join(p.read_text() for p in trigger_logs)
+        if "Trigger fired event" in trigger_text or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert trigger_logs, f"no trigger log next to the task log in {base}: {sorted(base.iterdir())}"
-    trigger_text = "\n".join(p.read_text() for p in trigger_logs)
-    assert "Trigger fired event" in trigger_text, trigger_text
+    assert "Trigger fired event" in trigger_text, trigger_text[-5000:]
     job_ids = {int(p.name.rsplit(".", 2)[-2]) for p in trigger_logs}
     job_types = {
         row[0] for job_id in job_ids for row in cluster.query("SELECT job_type FROM job WHERE id = ?", job_id)

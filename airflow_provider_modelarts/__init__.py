@@ -70,6 +70,22 @@ _CONN_FIELDS: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any], bool]] 
         {},
         False,
     ),
+    "obs_config_kwargs": (
+        "OBS client settings",
+        'For obs:// destinations: botocore Config options, e.g. {"retries": {"max_attempts": 10}}; '
+        "checksums default to when_required (OBS refuses botocore's default checksum headers).",
+        ("object",),
+        {},
+        False,
+    ),
+    "log_link_hosts": (
+        "Log link hosts",
+        "Hosts log links may point to (fnmatch patterns), e.g. *.obs.cn-north-4.myhuaweicloud.com; "
+        "empty: any host.",
+        ("array", "string"),
+        {"items": {"type": "string"}},
+        False,
+    ),
     "smn_endpoint": (
         "SMN endpoint",
         "Overrides https://smn.{region}.myhuaweicloud.com for SmnNotifier alerts.",

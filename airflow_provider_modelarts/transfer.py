@@ -315,11 +315,9 @@ class TrainingJobLogArchiver:
         self, job_id: str, phase: TrainingJobPhase, task_id: str, target: ObjectStoragePath
     ) -> TaskArchive:
         self.stop_signal.check(f"{job_id}/{task_id}")
-        record = read_record(target)
-        entry = trusted_entry(
-            record, training_job_id=job_id, task_id=task_id, target=target, compression=self.compression
-        )
-        if entry is not None and entry["complete"] and not self.overwrite:
+        # The record decides a skip; when overwriting, it matters only if the copy fails (read then).
+        entry = None if self.overwrite else self._existing(job_id, task_id, target)
+        if entry is not None and entry["complete"]:
             log.info("%s/%s: already archived and intact at %s; skipping", job_id, task_id, target)
             return TaskArchive.from_entry(entry, skipped=True)
 
@@ -342,9 +340,18 @@ class TrainingJobLogArchiver:
         except ModelArtsArchiveStoppedError:
             raise
         except Exception as e:
-            if entry is None or not entry["complete"]:
+            if self.overwrite:
+                entry = self._existing(job_id, task_id, target)
+            if entry is None or not entry["complete"]:  # a good archive's record is never replaced
                 self._record_failure(job_id, phase, task_id, target, e)
             raise
+
+    def _existing(self, job_id: str, task_id: str, target: ObjectStoragePath) -> dict[str, Any] | None:
+        """The trusted entry of the record beside ``target``, or ``None``."""
+        record = read_record(target)
+        return trusted_entry(
+            record, training_job_id=job_id, task_id=task_id, target=target, compression=self.compression
+        )
 
     @staticmethod
     def _record_failure(

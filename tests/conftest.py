@@ -15,4 +15,5 @@ pytest_plugins = [
     "tests.fixtures.emulator",
     "tests.fixtures.moto_server",
     "tests.fixtures.smtp_server",
+    "tests.fixtures.strict_s3_proxy",
 ]

@@ -490,7 +490,9 @@ class LogCopy:
         resp, plan = self._resp, self._plan
         assert resp is not None and plan is not None
         if self._pipeline is None:
-            staged = StagedObject(self.target, check_stop=self._check_stop)
+            # Stored as received unless compressed: then the size to store is unknown.
+            expected = self.total if self.settings.compression is None else None
+            staged = StagedObject(self.target, check_stop=self._check_stop, expected_size=expected)
             self._pipeline = Pipeline(self.settings.compression, staged, *self._pools)
         reader = BodyReader(resp, plan=plan, chunk_size=self.settings.chunk_size, on_read=self._on_read)
         self._stall.restart()

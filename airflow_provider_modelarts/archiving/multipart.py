@@ -7,9 +7,19 @@ held per upload is at most ``(parts_in_flight + 1) * part_size`` (the parts in f
 being filled). Nothing is visible at the key until :meth:`MultipartWriter.commit`; a failed part, a
 stop or a :meth:`~MultipartWriter.discard` aborts the upload once no part is still being sent.
 
-Only public methods of ``s3fs.S3FileSystem`` are used: ``split_path``, ``call_s3`` (the file
-system's own client, so its credentials, endpoint, retries, signer and extra request arguments
-apply) and ``invalidate_cache``.
+When the caller knows the object will take more than one part (``expected_size``), the upload is
+created in the background at once, so the store's client is set up while the first parts are received.
+
+Checksums follow the store's client configuration. Where botocore computes request checksums
+(``request_checksum_calculation="when_supported"``, its default for S3), the upload is declared CRC-32
+when it is created and every part asks for it, and the parts' checksums the store answers go into the
+completion, as boto3's transfer manager does (the store then keeps a composite CRC-32 of the parts
+rather than computing a checksum of the whole object). Where botocore computes them only when required
+(the ``obs://`` default, since OBS refuses these headers), none are asked for.
+
+Only public methods of ``s3fs.S3FileSystem`` are used: ``split_path``, ``connect`` (the client, to read
+its configuration), ``call_s3`` (the file system's own client, so its credentials, endpoint, retries,
+signer and extra request arguments apply) and ``invalidate_cache``.
 """
 
 from __future__ import annotations
@@ -18,11 +28,18 @@ import io
 import logging
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_provider_modelarts.exceptions import ModelArtsArchiveDestinationError
 
-__all__ = ["MAX_PARTS", "PARTS_IN_FLIGHT", "PART_SIZE", "MultipartWriter", "destination_error"]
+__all__ = [
+    "MAX_PARTS",
+    "PARTS_IN_FLIGHT",
+    "PART_SIZE",
+    "MultipartWriter",
+    "destination_error",
+    "sends_checksums",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +61,12 @@ def destination_error(path: str, action: str, err: BaseException) -> ModelArtsAr
     )
 
 
+def sends_checksums(fs: Any) -> bool:
+    """Whether the store's client computes request checksums (botocore's ``when_supported``)."""
+    config = fs.connect().meta.config
+    return getattr(config, "request_checksum_calculation", None) == "when_supported"
+
+
 class MultipartWriter:
     """Writes one object through an uncommitted multipart upload, parts sent in the background.
 
@@ -52,6 +75,8 @@ class MultipartWriter:
     :param part_size: bytes per part (the last may be shorter); at least 5 MiB.
     :param parts_in_flight: parts uploaded at the same time, and the bound on parts held in memory.
     :param check_stop: called while waiting for a slot; raises to stop the upload.
+    :param expected_size: bytes the caller expects to write, if known; above one part, the upload is
+        created at once in the background. Only a hint: any number of bytes may be written.
     """
 
     def __init__(
@@ -62,6 +87,7 @@ class MultipartWriter:
         part_size: int = PART_SIZE,
         parts_in_flight: int = PARTS_IN_FLIGHT,
         check_stop: Callable[[], None] | None = None,
+        expected_size: int | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE or parts_in_flight < 1:
             raise ValueError("part_size must be >= 5 MiB and parts_in_flight >= 1")
@@ -72,26 +98,40 @@ class MultipartWriter:
         self.parts_in_flight = parts_in_flight
         self.check_stop = check_stop
         self.written = 0
-        self.upload_id: str | None = None
         self._buf = io.BytesIO()
         self._fill = 0
         self._free: list[io.BytesIO] = []
         self._parts: dict[Future[dict[str, Any]], tuple[int, io.BytesIO]] = {}
         self._done: list[tuple[dict[str, Any], int]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._upload: Future[_Upload] | None = None
+        if expected_size is not None and expected_size > part_size:
+            self._start()
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         return self.fs.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+
+    def _start(self) -> None:
+        """Create the upload on the first upload thread; parts queued meanwhile wait for it."""
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.parts_in_flight, thread_name_prefix="modelarts-upload"
+        )
+        self._upload = self._pool.submit(self._create)
+
+    def _create(self) -> _Upload:
+        checksums = sends_checksums(self.fs)
+        extra = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
+        return _Upload(self._call("create_multipart_upload", **extra)["UploadId"], checksums)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data``; full parts are handed to the upload threads (waiting for a free slot)."""
         view = memoryview(data).cast("B")
         done = 0
         while done < len(view):
-            n = min(len(view) - done, self.part_size - self._fill)
-            self._buf.write(view[done : done + n])
-            self._fill += n
-            done += n
+            piece = view[done : done + self.part_size - self._fill]
+            self._buf.write(piece)
+            self._fill += len(piece)
+            done += len(piece)
             if self._fill == self.part_size:
                 self._send_part()
         self.written += len(view)
@@ -99,11 +139,8 @@ class MultipartWriter:
     def _send_part(self) -> None:
         """Hand the filled buffer to an upload thread; take a free buffer for the next part."""
         self._collect(block=len(self._parts) >= self.parts_in_flight)
-        if self.upload_id is None:
-            self.upload_id = self._call("create_multipart_upload")["UploadId"]
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.parts_in_flight, thread_name_prefix="modelarts-upload"
-            )
+        if self._upload is None:
+            self._start()
         number = len(self._done) + len(self._parts) + 1
         if number > MAX_PARTS:
             raise OSError(f"more than {MAX_PARTS} parts of {self.part_size} bytes")
@@ -112,7 +149,7 @@ class MultipartWriter:
         # Sent as a file: the HTTP client reads it in small slices instead of copying the whole part.
         buf.truncate(size)
         buf.seek(0)
-        future = self._pool.submit(self._upload, number, buf)
+        future = self._pool.submit(self._send, number, buf)
         self._parts[future] = (size, buf)
         self._buf = self._take_buffer()
         self._fill = 0
@@ -125,12 +162,14 @@ class MultipartWriter:
         buf.seek(0)
         return buf
 
-    def _upload(self, number: int, body: io.BytesIO) -> dict[str, Any]:
-        out = self._call("upload_part", UploadId=self.upload_id, PartNumber=number, Body=body)
+    def _send(self, number: int, body: io.BytesIO) -> dict[str, Any]:
+        assert self._upload is not None
+        upload = self._upload.result()  # raises the creation's error
+        checksum = {"ChecksumAlgorithm": "CRC32"} if upload.checksums else {}
+        out = self._call("upload_part", UploadId=upload.upload_id, PartNumber=number, Body=body, **checksum)
         part = {"PartNumber": number, "ETag": out["ETag"]}
-        for name in ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256"):
-            if name in out:
-                part[name] = out[name]
+        if upload.checksums and "ChecksumCRC32" in out:
+            part["ChecksumCRC32"] = out["ChecksumCRC32"]
         return part
 
     def _collect(self, *, block: bool) -> None:
@@ -146,36 +185,50 @@ class MultipartWriter:
                 self._free.append(buf)
             if not block or len(self._parts) < self.parts_in_flight:
                 return
-            self._wait_some()
+            self._wait_some(list(self._parts))
 
-    def _wait_some(self) -> None:
+    def _wait_some(self, futures: list[Future[Any]]) -> None:
         if self.check_stop is not None:
             self.check_stop()
-        wait(list(self._parts), timeout=_POLL, return_when=FIRST_COMPLETED)
+        wait(futures, timeout=_POLL, return_when=FIRST_COMPLETED)
+
+    def _created(self) -> _Upload | None:
+        """The upload once its creation has finished, or ``None`` if it was never started.
+
+        :raises: the creation's error.
+        """
+        return None if self._upload is None else self._upload.result()
 
     def seal(self) -> None:
         """Send what is left and wait for every part; check that the parts hold every byte written."""
-        if self.upload_id is not None:
-            if self._fill:
-                self._send_part()
-            while True:
-                self._collect(block=False)
-                if not self._parts:
-                    break
-                self._wait_some()
-            sent = sum(size for _, size in self._done)
-            if sent != self.written:
-                raise OSError(f"the parts hold {sent} bytes, {self.written} were written")
+        if self._upload is None or not self.written:
+            return
+        if self._fill:
+            self._send_part()
+        while True:
+            self._collect(block=False)
+            if not self._parts:
+                break
+            self._wait_some(list(self._parts))
+        sent = sum(size for _, size in self._done)
+        if sent != self.written:
+            raise OSError(f"the parts hold {sent} bytes, {self.written} were written")
 
     def commit(self) -> None:
-        """Make the object appear: complete the upload (one ``PutObject`` for an object under one part)."""
-        if self.upload_id is None:
-            self.fs.call_s3(
-                "put_object", Bucket=self.bucket, Key=self.key, Body=self._buf.getvalue()[: self._fill]
+        """Make the object appear: complete the upload, or one ``PutObject`` for an object under one part.
+
+        An upload started for bytes that never came (an empty object) is aborted and the object put.
+        """
+        upload = self._created()
+        if upload is not None and self.written:
+            parts = sorted((p for p, _ in self._done), key=lambda p: p["PartNumber"])
+            self._call(
+                "complete_multipart_upload", UploadId=upload.upload_id, MultipartUpload={"Parts": parts}
             )
         else:
-            parts = sorted((p for p, _ in self._done), key=lambda p: p["PartNumber"])
-            self._call("complete_multipart_upload", UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+            self._call("put_object", Body=self._buf.getvalue()[: self._fill])
+            if upload is not None:
+                self._abort(upload.upload_id)
         self._close()
         self.fs.invalidate_cache(self.path)
 
@@ -185,13 +238,21 @@ class MultipartWriter:
             future.cancel()
         if self._parts:
             wait(list(self._parts))
-        upload_id, self.upload_id = self.upload_id, None
+        started, self._upload = self._upload, None
         self._close()
-        if upload_id is not None:
-            try:
-                self._call("abort_multipart_upload", UploadId=upload_id)
-            except Exception:
-                log.warning("Could not abort the multipart upload of %s", self.path, exc_info=True)
+        if started is None:
+            return
+        try:
+            upload_id = started.result().upload_id
+        except Exception:
+            return  # never created: nothing to abort
+        self._abort(upload_id)
+
+    def _abort(self, upload_id: str) -> None:
+        try:
+            self._call("abort_multipart_upload", UploadId=upload_id)
+        except Exception:
+            log.warning("Could not abort the multipart upload of %s", self.path, exc_info=True)
 
     def _close(self) -> None:
         self._parts.clear()
@@ -200,3 +261,8 @@ class MultipartWriter:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class _Upload(NamedTuple):
+    upload_id: str
+    checksums: bool

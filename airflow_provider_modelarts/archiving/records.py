@@ -63,8 +63,8 @@ def record_path(log_path: ObjectStoragePath) -> ObjectStoragePath:
 def read_json(path: ObjectStoragePath, *, limit: int = _RECORD_LIMIT) -> Any:
     """The JSON document at ``path``; ``None`` if absent, unreadable, too big or not JSON."""
     try:
-        with path.fs.open(path.path, "rb") as fh:
-            raw = fh.read(limit + 1)
+        # One ranged read (a single GET on object stores, no existence check first).
+        raw = path.fs.cat_file(path.path, start=0, end=limit + 1)
     except FileNotFoundError:
         return None
     except OSError as e:

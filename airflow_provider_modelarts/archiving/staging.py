@@ -206,11 +206,20 @@ class StagedObject:
 
     :param target: final location.
     :param check_stop: called while a write waits for an upload slot (object stores); raises to stop.
+    :param expected_size: bytes expected to be written, if known (a hint: object stores start a
+        multipart upload at once when it is more than one part).
     """
 
-    def __init__(self, target: ObjectStoragePath, *, check_stop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        target: ObjectStoragePath,
+        *,
+        check_stop: Callable[[], None] | None = None,
+        expected_size: int | None = None,
+    ) -> None:
         self.target = target
         self._check_stop = check_stop
+        self._expected_size = expected_size
         self._mpu: MultipartWriter | None = None
         self._fs = target.fs
         self._final = target.path
@@ -227,7 +236,9 @@ class StagedObject:
     def _open(self) -> None:
         parent, name = posixpath.split(self._final)
         if _is_s3(self._fs):
-            self._mpu = MultipartWriter(self._fs, self._final, check_stop=self._check_stop)
+            self._mpu = MultipartWriter(
+                self._fs, self._final, check_stop=self._check_stop, expected_size=self._expected_size
+            )
         elif _is_local(self._fs):
             self._local = True
             os.makedirs(parent, exist_ok=True)

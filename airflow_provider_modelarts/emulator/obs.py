@@ -139,13 +139,13 @@ class ObsLinks:
         )
 
     def _span(self, request: ObsRequest, size: int) -> tuple[int, int, int] | None:
-        """``(status, start, end)`` to send, or None for an unsatisfiable range."""
+        """``(status, start, end)`` to send, or None for an unsatisfiable range (416)."""
         range_header = request.headers.get("range")
         if not range_header or self._ctx.knobs.ignore_range:
             return 200, 0, size
         parsed = parse_range(range_header, size)
         if parsed == "unsatisfiable":
-            return None
+            return (200, 0, size) if self._ctx.knobs.invalid_range_whole_object else None
         if isinstance(parsed, tuple):
             return 206, parsed[0], parsed[1]
         return 200, 0, size

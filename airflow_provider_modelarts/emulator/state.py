@@ -49,6 +49,8 @@ class Knobs:
         and the token stops being valid.
     :param latency: seconds added before answering each ModelArts API call.
     :param ignore_range: answer Range requests with 200 and the whole object.
+    :param invalid_range_whole_object: answer a Range that cannot be satisfied (one starting at or past the
+        end of the object) with 200 and the whole object, as the OBS guides say OBS does, instead of 416.
     :param refuse_log_url: answer ``/logs/url`` with 403 ``ModelArts.0108`` (the identity lacks
         ``modelarts:trainJob:logExport``), as for a read-only user.
     """
@@ -63,6 +65,7 @@ class Knobs:
     expire_token_once: bool = False
     latency: float = 0.0
     ignore_range: bool = False
+    invalid_range_whole_object: bool = False
     refuse_log_url: bool = False
 
 

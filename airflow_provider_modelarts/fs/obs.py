@@ -3,7 +3,9 @@
 Credentials come from an Airflow connection (default ``modelarts_default``): the ``modelarts`` connection's
 AK (login), SK (password) and optional ``security_token`` extra, or any connection laid out the same way.
 The endpoint is ``https://obs.{region}.myhuaweicloud.com``; the extra ``obs_endpoint`` overrides it (for
-other clouds, private endpoints, or tests). ``obs_config_kwargs`` (a dict) is passed to botocore's config.
+other clouds, private endpoints, or tests). ``obs_config_kwargs`` (a dict) is passed to botocore's config,
+over the defaults ``request_checksum_calculation`` and ``response_checksum_validation`` ``"when_required"``
+(OBS refuses the checksum headers botocore sends by default).
 
 Needs the optional extra ``airflow-provider-modelarts[obs]`` (s3fs).
 """
@@ -23,6 +25,14 @@ __all__ = ["OBSFileSystem", "OBSPath", "get_fs", "obs_endpoint", "register_obs_s
 
 schemes = ["obs"]
 OBS_ENDPOINT_TEMPLATE = "https://obs.{region}.myhuaweicloud.com"
+# OBS's S3-compatible API refuses the flexible-checksum headers (x-amz-checksum-*,
+# x-amz-sdk-checksum-algorithm, aws-chunked trailers) that botocore >= 1.36 sends by default, so
+# checksums are sent and checked only where an operation requires them. The archive verifies every log
+# end to end with its own sha256 either way. ``obs_config_kwargs`` overrides these.
+OBS_CONFIG_DEFAULTS: dict[str, Any] = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -109,6 +119,14 @@ def obs_endpoint(extra: dict[str, Any]) -> str:
     return OBS_ENDPOINT_TEMPLATE.format(region=region)
 
 
+def _config_kwargs(extra: dict[str, Any]) -> dict[str, Any]:
+    """botocore config: the OBS defaults this botocore knows (older ones send no checksums), then the user's."""
+    from botocore.config import Config
+
+    defaults = {k: v for k, v in OBS_CONFIG_DEFAULTS.items() if k in Config.OPTION_DEFAULTS}
+    return {**defaults, **dict(extra.get("obs_config_kwargs") or {})}
+
+
 def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -> AbstractFileSystem:
     """Build the filesystem Airflow uses for ``obs://`` paths.
 
@@ -147,7 +165,7 @@ def get_fs(conn_id: str | None, storage_options: dict[str, Any] | None = None) -
         "token": token,
         "endpoint_url": endpoint,
         "client_kwargs": client_kwargs,
-        "config_kwargs": dict(extra.get("obs_config_kwargs") or {}),
+        "config_kwargs": _config_kwargs(extra),
     }
     options.update(storage_options or {})
     return fs_class(**options)

@@ -34,7 +34,9 @@ __all__ = [
     "log_url_from",
     "parse_token",
     "preview_from",
+    "range_total",
     "task_list",
+    "whole_object_ends_by",
 ]
 
 DEFAULT_LOG_LINK_TTL = 300
@@ -195,6 +197,40 @@ def content_range(status: int, value: str | None) -> tuple[int | None, int | Non
         return None, None
     total = match.group(3)
     return int(match.group(1)), (int(total) if total != "*" else None)
+
+
+def whole_object_ends_by(status: int, headers: Mapping[str, str], start: int) -> int | None:
+    """The object's size when a whole-object answer to a ranged read cannot reach byte ``start``.
+
+    OBS answers an invalid range (e.g. one starting at or past the end of the object) with 200 and the
+    whole object instead of 416. When such an answer's ``Content-Length`` is at most ``start``, nothing
+    from ``start`` on is in its body, so the body need not be read. None when the body must be read: a
+    206, no usable ``Content-Length``, or an encoded body (its length is not the object's).
+
+    :param status: the HTTP status of the answer.
+    :param headers: the answer's headers.
+    :param start: the first byte wanted.
+    """
+    if status != 200 or (header(headers, "Content-Encoding") or "identity").strip().lower() != "identity":
+        return None
+    size = int_header(header(headers, "Content-Length"))
+    return size if size is not None and size <= start else None
+
+
+def range_total(headers: Mapping[str, str], data: bytes, wanted: int) -> int | None:
+    """The object size of a whole-object answer of which the first ``wanted`` bytes were read as ``data``.
+
+    Its ``Content-Length``; without one, ``len(data)`` when the body ended before ``wanted`` bytes; else
+    None (unknown).
+
+    :param headers: the answer's headers.
+    :param data: the bytes read.
+    :param wanted: the most bytes that were read.
+    """
+    size = int_header(header(headers, "Content-Length"))
+    if size is None and len(data) < wanted:
+        return len(data)
+    return size
 
 
 def event_list(call: ApiCall, payload: Any, status: int) -> list[dict]:

@@ -34,14 +34,15 @@ from airflow_provider_modelarts.hooks.answers import (
     content_range,
     event_list,
     expect_dict,
-    int_header,
     job_matches,
     json_answer,
     log_url_expires_at,
     log_url_from,
     parse_token,
     preview_from,
+    range_total,
     task_list,
+    whole_object_ends_by,
 )
 from airflow_provider_modelarts.hooks.calls import (
     USER_AGENT,
@@ -398,7 +399,10 @@ class ModelArtsHook(ModelArtsHookBase):
         :param length: most bytes wanted.
         :return: ``{"data", "start", "total"}``: the bytes, the offset of their first byte (0 when the
             server ignored ``Range`` and sent the whole object) and the log size if known. A start at
-            or past the end gives no data.
+            or past the end gives no data (``start`` as asked): whether the server answers 416 or, as
+            OBS does for an invalid range, 200 with the whole object, whose body is then not read when
+            its ``Content-Length`` shows it ends by ``start``. Of a whole object, at most
+            ``start + length`` bytes are read.
         :raises ModelArtsLogLinkExpiredError: OBS says the link expired.
         """
         call = range_call(url, start, length, self.config.log_link_hosts)
@@ -408,12 +412,15 @@ class ModelArtsHook(ModelArtsHookBase):
             if err.status_code == 416:
                 return {"data": b"", "start": start, "total": None}
             raise
-        with response:
+        with response:  # closing an unread or partly read body drops the connection: no more is sent
+            size = whole_object_ends_by(response.status_code, response.headers, start)
+            if size is not None:  # Range ignored (invalid range: OBS sends the whole object), nothing new
+                return {"data": b"", "start": start, "total": size}
             first, total = content_range(response.status_code, response.headers.get("Content-Range"))
             wanted = length if first is not None else start + length
             data = response.raw.read(wanted, decode_content=True) or b""
         if first is None:
-            total = total if total is not None else int_header(response.headers.get("Content-Length"))
+            total = total if total is not None else range_total(response.headers, data, wanted)
             first = 0
         return {"data": data, "start": first, "total": total}
 

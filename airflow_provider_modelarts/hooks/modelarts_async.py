@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ from airflow_provider_modelarts.hooks.answers import (
     log_url_from,
     parse_token,
     preview_from,
+    range_total,
+    whole_object_ends_by,
 )
 from airflow_provider_modelarts.hooks.calls import (
     USER_AGENT,
@@ -68,6 +70,34 @@ async def _amask(secret: str) -> None:
         mask_secret(secret)
     else:
         await amask_secret(secret)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body (decoded); stops reading there, never holds more."""
+    parts: list[bytes] = []
+    size = 0
+    chunks = response.aiter_bytes()
+    try:
+        async for chunk in chunks:
+            parts.append(chunk[: limit - size])
+            size += len(parts[-1])
+            if size >= limit:
+                break
+    finally:
+        if isinstance(chunks, AsyncGenerator):  # finish it now, not when it is garbage collected
+            await chunks.aclose()
+    return b"".join(parts)
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The start (:data:`ERROR_BODY_LIMIT` bytes at most) of a streamed error answer's body, b"" if it
+    cannot be read; closes the response."""
+    try:
+        return await _read_at_most(response, ERROR_BODY_LIMIT)
+    except Exception:
+        return b""
+    finally:
+        await response.aclose()
 
 
 class ModelArtsAsyncHook(ModelArtsHookBase):
@@ -211,8 +241,15 @@ class ModelArtsAsyncHook(ModelArtsHookBase):
             self._token_auth = IamTokenAuth(config.token_key, afetch=afetch)
         return self._token_auth
 
-    async def _send(self, call: ApiCall, *, timeout: float | None = None) -> httpx.Response:
-        """Send ``call`` with retries; return a 2xx response (body read) or raise a :class:`ModelArtsApiError`."""
+    async def _send(
+        self, call: ApiCall, *, timeout: float | None = None, stream: bool = False
+    ) -> httpx.Response:
+        """Send ``call`` with retries; return a 2xx response or raise a :class:`ModelArtsApiError`.
+
+        The body of the response is read, unless ``stream``: then it is left unread for the caller to
+        read (``aiter_bytes``) and close (``aclose``), and of an error answer at most
+        :data:`ERROR_BODY_LIMIT` bytes are read.
+        """
         client = await self.get_client()
         config = await self.get_config()
         request_timeout = self.options.timeout_for(config, timeout)
@@ -223,22 +260,23 @@ class ModelArtsAsyncHook(ModelArtsHookBase):
             if limiter is not None:
                 await limiter.aacquire()
             url, headers, body = authorize(config, call)
+            request = client.build_request(
+                call.method, url, headers=headers, content=body, timeout=request_timeout
+            )
             try:
-                response = await client.request(
-                    call.method,
-                    url,
-                    headers=headers,
-                    content=body,
-                    auth=auth or httpx.USE_CLIENT_DEFAULT,
-                    timeout=request_timeout,
-                )
+                # What client.request does, with the body optionally left unread.
+                response = await client.send(request, auth=auth or httpx.USE_CLIENT_DEFAULT, stream=stream)
             except httpx.HTTPError as err:
                 raise call.no_answer(err) from err
             if limiter is not None:
                 limiter.record(response.status_code)
-            raise_for_answer(
-                call, response.status_code, response.headers, lambda: response.content[:ERROR_BODY_LIMIT]
-            )
+            if stream and not response.is_success:
+                error_body = await _error_body(response)  # bounded, and the response is closed
+                raise_for_answer(call, response.status_code, response.headers, lambda: error_body)
+            else:
+                raise_for_answer(
+                    call, response.status_code, response.headers, lambda: response.content[:ERROR_BODY_LIMIT]
+                )
             return response
 
         return await tenacity.AsyncRetrying(**self.options.retrying(config))(attempt)
@@ -335,18 +373,33 @@ class ModelArtsAsyncHook(ModelArtsHookBase):
         return event_list(call, payload, response.status_code)
 
     async def read_log_range(self, url: str, *, start: int, length: int) -> dict[str, Any]:
-        """Read at most ``length`` bytes of a log link from byte ``start``; see :meth:`ModelArtsHook.read_log_range`."""
+        """Read at most ``length`` bytes of a log link from byte ``start``; see :meth:`ModelArtsHook.read_log_range`.
+
+        The body is streamed: of a whole-object answer (``Range`` ignored) at most ``start + length``
+        bytes are held, and none when its ``Content-Length`` shows it ends by ``start``.
+        """
         call = range_call(url, start, length, (await self.get_config()).log_link_hosts)
         try:
-            response = await self._send(call)
+            response = await self._send(call, stream=True)
         except ModelArtsApiError as err:
             if err.status_code == 416:
                 return {"data": b"", "start": start, "total": None}
             raise
-        first, total = content_range(response.status_code, response.headers.get("Content-Range"))
+        try:  # closing an unread or partly read body drops the connection: no more is sent
+            size = whole_object_ends_by(response.status_code, response.headers, start)
+            if size is not None:  # Range ignored (invalid range: OBS sends the whole object), nothing new
+                return {"data": b"", "start": start, "total": size}
+            first, total = content_range(response.status_code, response.headers.get("Content-Range"))
+            wanted = length if first is not None else start + length
+            try:
+                data = await _read_at_most(response, wanted)
+            except httpx.HTTPError as err:
+                raise call.no_answer(err) from err
+        finally:
+            await response.aclose()
         if first is None:
-            return {"data": response.content[: start + length], "start": 0, "total": len(response.content)}
-        return {"data": response.content[:length], "start": first, "total": total}
+            return {"data": data, "start": 0, "total": range_total(response.headers, data, wanted)}
+        return {"data": data, "start": first, "total": total}
 
     async def service_json(self, method: str, url: str, *, json_body: Any = None) -> tuple[Any, str | None]:
         """Async :meth:`ModelArtsHook.service_json`: another Huawei Cloud service over this hook's transport.

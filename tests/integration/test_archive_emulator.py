@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import time
 
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -101,32 +100,34 @@ def test_file_destination_survives_drops_and_throttling(emu, tmp_path):
     assert sum(e["connections"] for e in manifest["tasks"]) >= 3 + 4  # one connection per task + one per drop
 
 
-class SlowStartHook(ModelArtsHook):
-    """Waits before using a fresh link the first time, so the link has expired when it is used."""
+class ExpiringLinksHook(ModelArtsHook):
+    """Lets every other fresh link expire before its first use, by moving the emulator's clock past it.
 
-    delay = 1.3
+    Deterministic (no sleeping against a short link lifetime, which a loaded machine can overrun).
+    """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, emu, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.emu = emu
         self.opened = 0
 
     def open_log_stream(self, url, *, offset=0, timeout=None):
         self.opened += 1
         if self.opened % 2 == 1:
-            time.sleep(self.delay)
+            self.emu.advance(self.emu.knobs.link_ttl + 1)
         return super().open_log_stream(url, offset=offset, timeout=timeout)
 
 
 def test_expired_links_are_renewed_and_the_download_resumes(emu, tmp_path, caplog):
-    emu.knobs.link_ttl = 1
+    emu.knobs.link_ttl = 60
     emu.knobs.drop_after_bytes = 2 * MiB
     emu.knobs.drop_downloads = 1
-    hook = SlowStartHook()
+    hook = ExpiringLinksHook(emu)
     target = ObjectStoragePath(f"file://{tmp_path}/x/worker-0.log")
     res = archive_task_log(hook, "job-big", "worker-0", target, phase="Completed", max_attempts=6)
     data = (tmp_path / "x/worker-0.log").read_bytes()
     assert hashlib.sha256(data).hexdigest() == emu.log_sha256("job-big", "worker-0") == res.sha256
-    # 1st GET: expired (slow start); 2nd: dropped at 2 MiB; 3rd: expired; 4th: resumes with Range
+    # 1st GET: expired; 2nd: dropped at 2 MiB; 3rd: expired; 4th: resumes with Range
     assert res.connections == 4 and res.restarts == 0
     assert emu.counters["log_url"] == 4
     assert "expired" in caplog.text

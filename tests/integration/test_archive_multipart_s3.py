@@ -6,8 +6,10 @@ be made of the expected parts, and a copy that fails must leave neither an objec
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import zlib
 
 import boto3
 import pytest
@@ -67,6 +69,13 @@ def test_multipart_log_to_s3_holds_the_exact_bytes(emu, aws_s3_conn, s3_bucket, 
     assert hashlib.sha256(data).hexdigest() == expected == task["sha256"]
     head = client.head_object(Bucket=s3_bucket, Key="a/job-multi/worker-0.log", PartNumber=1)
     assert head["PartsCount"] == 4 and head["ContentLength"] == PART_SIZE
+    # Declared CRC-32 with every part's checksum listed, as boto3's transfer manager does: the store keeps
+    # a composite checksum of the four parts (the CRC-32 of their CRC-32s).
+    whole = client.head_object(Bucket=s3_bucket, Key="a/job-multi/worker-0.log", ChecksumMode="ENABLED")
+    crcs = b"".join(
+        zlib.crc32(data[i : i + PART_SIZE]).to_bytes(4, "big") for i in range(0, LOG_SIZE, PART_SIZE)
+    )
+    assert whole["ChecksumCRC32"] == base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
     manifest = json.loads(ObjectStoragePath(result["manifest"], conn_id=aws_s3_conn).read_bytes())
     assert manifest["tasks"][0]["connections"] == 2 and manifest["tasks"][0]["sha256"] == expected
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

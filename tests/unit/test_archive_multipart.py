@@ -6,9 +6,12 @@ body objects handed over (to count the buffers held); part uploads can be held o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import threading
+import zlib
+from types import SimpleNamespace
 
 import pytest
 from s3fs import S3FileSystem
@@ -31,8 +34,21 @@ class RecordingS3(S3FileSystem):
 
     cachable = False  # a fresh instance per test
 
-    def __init__(self, *, fail_part: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_part: int | None = None,
+        checksum_mode: str = "when_supported",
+        fail_create: bool = False,
+    ) -> None:
         super().__init__(anon=True)
+        self.checksum_mode = checksum_mode
+        self.fail_create = fail_create
+        self.create_kwargs: dict[str, object] = {}
+        self.create_gate = threading.Event()
+        self.create_gate.set()
+        self.part_checksums: dict[int, str | None] = {}
+        self.completed_parts: list[dict[str, object]] = []
         self.calls: list[str] = []
         self.parts: dict[int, bytes] = {}
         self.bodies: list[io.BytesIO] = []
@@ -46,15 +62,26 @@ class RecordingS3(S3FileSystem):
         self.fail_part = fail_part
         self._lock = threading.Lock()
 
+    def connect(self, refresh=False):  # type: ignore[override]
+        # The client, as far as the writer looks at it: its request-checksum setting.
+        return SimpleNamespace(
+            meta=SimpleNamespace(config=SimpleNamespace(request_checksum_calculation=self.checksum_mode))
+        )
+
     def call_s3(self, method, *args, **kwargs):  # type: ignore[override]
         with self._lock:
             self.calls.append(method)
         key = f"{kwargs['Bucket']}/{kwargs['Key']}"
         if method == "create_multipart_upload":
+            self.create_gate.wait(30)
+            if self.fail_create:
+                raise PermissionError(13, "Access Denied")
+            self.create_kwargs = {k: v for k, v in kwargs.items() if k not in ("Bucket", "Key")}
             return {"UploadId": "up-1"}
         if method == "upload_part":
             return self._upload_part(kwargs)
         if method == "complete_multipart_upload":
+            self.completed_parts = kwargs["MultipartUpload"]["Parts"]
             numbers = [p["PartNumber"] for p in kwargs["MultipartUpload"]["Parts"]]
             assert numbers == sorted(self.parts) == list(range(1, len(numbers) + 1))
             self.objects[key] = b"".join(self.parts[n] for n in numbers)
@@ -84,8 +111,15 @@ class RecordingS3(S3FileSystem):
             self.gate.wait(30)
             if kwargs["PartNumber"] == self.fail_part:
                 raise PermissionError(13, "Access Denied")
-            self.parts[kwargs["PartNumber"]] = body.read()
-            return {"ETag": f'"etag-{kwargs["PartNumber"]}"'}
+            data = body.read()
+            self.parts[kwargs["PartNumber"]] = data
+            algorithm = kwargs.get("ChecksumAlgorithm")
+            self.part_checksums[kwargs["PartNumber"]] = algorithm
+            if algorithm is None:
+                return {"ETag": f'"etag-{kwargs["PartNumber"]}"'}
+            assert algorithm == "CRC32"  # the client computes it; the store answers it, as S3 does
+            crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+            return {"ETag": f'"etag-{kwargs["PartNumber"]}"', "ChecksumCRC32": crc}
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -219,6 +253,87 @@ def test_log_copy_to_object_store_is_verified_and_overlapped():
     assert fs.objects["bkt/archive/job-1/worker-0.log"] == log
     assert result.sha256 == hashlib.sha256(log).hexdigest() and result.size == len(log)
     assert sorted(fs.parts) == [1, 2, 3, 4, 5]
+
+
+def test_parts_ask_for_crc32_and_the_completion_lists_them_where_the_client_computes_checksums():
+    fs = RecordingS3(checksum_mode="when_supported")
+    data = make_log(2 * PART + 99, seed=7)
+    writer = MultipartWriter(fs, "bkt/c.log", part_size=PART, parts_in_flight=2)
+    write_in_chunks(writer, data, chunk=777_777)  # chunks straddle the part boundaries
+    writer.seal()
+    writer.commit()
+    assert fs.create_kwargs == {"ChecksumAlgorithm": "CRC32"}
+    assert fs.part_checksums == {1: "CRC32", 2: "CRC32", 3: "CRC32"}
+    crcs = [base64.b64encode(zlib.crc32(fs.parts[n]).to_bytes(4, "big")).decode() for n in (1, 2, 3)]
+    assert [p["ChecksumCRC32"] for p in fs.completed_parts] == crcs
+    assert fs.objects["bkt/c.log"] == data
+
+
+def test_no_checksum_headers_where_the_client_sends_them_only_when_required():
+    # obs:// (OBS refuses x-amz-checksum-* headers) and any client configured "when_required".
+    fs = RecordingS3(checksum_mode="when_required")
+    data = make_log(2 * PART + 5, seed=8)
+    writer = MultipartWriter(fs, "bkt/d.log", part_size=PART, parts_in_flight=2)
+    write_in_chunks(writer, data)
+    writer.seal()
+    writer.commit()
+    assert fs.create_kwargs == {}
+    assert set(fs.part_checksums.values()) == {None}
+    assert all(set(p) == {"PartNumber", "ETag"} for p in fs.completed_parts)
+    assert fs.objects["bkt/d.log"] == data
+
+
+def test_with_an_expected_size_the_upload_is_created_at_once_while_parts_are_received():
+    fs = RecordingS3()
+    fs.create_gate.clear()  # the store is slow to create the upload (client set-up, first request)
+    data = make_log(4 * PART, seed=9)
+    writer = MultipartWriter(fs, "bkt/e.log", part_size=PART, parts_in_flight=2, expected_size=len(data))
+    deadline = threading.Event()
+    for _ in range(100):  # creation started before a single byte was written
+        if "create_multipart_upload" in fs.calls:
+            break
+        deadline.wait(0.05)
+    assert fs.calls == ["create_multipart_upload"]
+    # The receiver goes on: parts queue (bounded) behind the creation, none is sent before it.
+    receiver = threading.Thread(target=write_in_chunks, args=(writer, data))
+    receiver.start()
+    receiver.join(0.5)
+    assert receiver.is_alive() and fs.parts == {} and fs.in_flight == 0
+    fs.create_gate.set()
+    receiver.join(30)
+    writer.seal()
+    writer.commit()
+    assert fs.objects["bkt/e.log"] == data and fs.max_in_flight <= 2 and len(fs.bodies) <= 3
+
+
+def test_an_upload_started_for_bytes_that_never_came_is_aborted_and_the_empty_object_put():
+    fs = RecordingS3()
+    writer = MultipartWriter(fs, "bkt/f.log", part_size=PART, expected_size=3 * PART)
+    writer.seal()
+    writer.commit()
+    assert fs.objects == {"bkt/f.log": b""} and fs.aborted == ["up-1"]
+    assert "upload_part" not in fs.calls and "complete_multipart_upload" not in fs.calls
+
+
+def test_a_refused_creation_is_a_typed_error_and_nothing_is_left_to_abort():
+    fs = RecordingS3(fail_create=True)
+    obj = staged(fs, expected_size=3 * PART)
+    with pytest.raises(ModelArtsArchiveDestinationError) as err:
+        write_in_chunks(obj, make_log(3 * PART, seed=10))
+        obj.seal()
+    assert "PermissionError" in (err.value.cause or "")
+    obj.discard()
+    assert fs.aborted == [] and fs.objects == {} and "upload_part" not in fs.calls
+
+
+def test_discard_while_the_creation_is_still_running_waits_for_it_then_aborts():
+    fs = RecordingS3()
+    fs.create_gate.clear()
+    writer = MultipartWriter(fs, "bkt/g.log", part_size=PART, expected_size=3 * PART)
+    write_in_chunks(writer, make_log(PART + 1, seed=11))
+    threading.Timer(0.3, fs.create_gate.set).start()
+    writer.discard()
+    assert fs.aborted == ["up-1"] and fs.objects == {}
 
 
 class _ObjectDest:

@@ -47,6 +47,20 @@ def test_obs_endpoint_override_and_storage_options(monkeypatch):
     assert fs.default_block_size == 8 * 1024 * 1024
 
 
+def test_checksums_only_when_required_by_default_and_the_connection_can_say_otherwise(monkeypatch):
+    # OBS refuses botocore's default flexible-checksum headers (tests/integration/test_obs_checksum_compat.py).
+    base = {"region": "cn-north-4", "obs_endpoint": "http://127.0.0.1:9"}
+    set_conn(monkeypatch, "ma_obs_default", login="AK", password="SK", extra=base)
+    config = obs.get_fs("ma_obs_default").connect().meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    override = {**base, "obs_config_kwargs": {"request_checksum_calculation": "when_supported"}}
+    set_conn(monkeypatch, "ma_obs_checksums", login="AK", password="SK", extra=override)
+    fs = obs.get_fs("ma_obs_checksums")
+    assert fs.connect().meta.config.request_checksum_calculation == "when_supported"
+    assert fs.config_kwargs["response_checksum_validation"] == "when_required"
+
+
 def test_missing_region_is_a_clear_error(monkeypatch):
     set_conn(monkeypatch, "ma_obs_noregion", login="AK", password="SK", extra={"project_id": "p"})
     with pytest.raises(ModelArtsConfigError, match="region"):

@@ -12,7 +12,7 @@ process), both on 127.0.0.1:
 
 Every stored object is read back and hashed (outside the timings). Prints a table; not a pass/fail test.
 
-    .venv/bin/python benchmarks/bench_archive_s3.py [--size-mib 256] [--small-mib 64] [--runs 3]
+    .venv/bin/python benchmarks/bench_archive_s3.py [--size-mib 256] [--small-mib 64] [--runs 3] [--tls]
 """
 
 from __future__ import annotations
@@ -56,16 +56,31 @@ def _client(endpoint: str):  # type: ignore[no-untyped-def]
     )
 
 
-def moto_child() -> None:
-    """Run a moto S3 server on a free loopback port; print its URL; serve until stdin closes."""
-    from moto.server import ThreadedMotoServer
+def moto_child(tls_dir: str | None) -> None:
+    """Run a moto S3 server on a free loopback port; print its URL; serve until stdin closes.
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    print(f"http://{host}:{port}", flush=True)
+    With ``tls_dir``, over HTTPS with a self-signed certificate for ``localhost`` written there (the
+    clients trust it through ``AWS_CA_BUNDLE``), as S3 is reached in production.
+    """
+    import threading
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server, make_ssl_devcert
+
+    ssl_context = make_ssl_devcert(os.path.join(tls_dir, "moto"), host="localhost") if tls_dir else None
+    app = DomainDispatcherApplication(create_backend_app)
+    server = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler, ssl_context=ssl_context
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    print(f"https://localhost:{port}" if tls_dir else f"http://127.0.0.1:{port}", flush=True)
     sys.stdin.read()
-    server.stop()
+    server.shutdown()
 
 
 def operator_child(job_id: str, destination: str) -> None:
@@ -138,9 +153,9 @@ def _stored_sha256(client, bucket: str, key: str) -> tuple[int, str]:  # type: i
     return size, sha.hexdigest()
 
 
-def _start_moto() -> tuple[subprocess.Popen, str]:
+def _start_moto(tls_dir: str | None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--child-moto"],
+        [sys.executable, __file__, "--child-moto", tls_dir or ""],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,  # one access-log line per request
@@ -158,7 +173,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--small-mib", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--settle", type=float, default=1.0, help="seconds between timed runs")
-    parser.add_argument("--child-moto", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tls", action="store_true", help="moto over HTTPS (self-signed, trusted via AWS_CA_BUNDLE)"
+    )
+    parser.add_argument("--child-moto", nargs=1, help=argparse.SUPPRESS)
     parser.add_argument("--child-operator", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-boto3", nargs=4, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -252,7 +270,8 @@ def _report(args: argparse.Namespace, rows: dict[str, list[dict]], small: dict, 
 
     print()
     print(
-        f"Log size {args.size_mib} MiB to s3:// on moto, {args.runs} alternating runs; 1-min load "
+        f"Log size {args.size_mib} MiB to s3:// on moto ({'https' if args.tls else 'http'}), "
+        f"{args.runs} alternating runs; 1-min load "
         f"{min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} CPUs"
     )
     print(f"{'':42}{'median s':>9}{'MB/s':>8}{'best s':>8}{'cpu s':>7}{'peak RSS MB':>12}   runs (s)")
@@ -277,7 +296,7 @@ def _report(args: argparse.Namespace, rows: dict[str, list[dict]], small: dict, 
 def main() -> None:
     args = _parse()
     if args.child_moto:
-        return moto_child()
+        return moto_child(args.child_moto[0] or None)
     if args.child_operator:
         return operator_child(*args.child_operator)
     if args.child_boto3:
@@ -292,10 +311,13 @@ def main() -> None:
 
     expected = GeneratedLog(args.size_mib * MiB, seed=7).sha256()
     emu, conn_json = start_emulator(scenario_file)
-    moto, endpoint = _start_moto()
+    moto, endpoint = _start_moto(home if args.tls else None)
     try:
         env = _child_env(home, conn_json, endpoint)
-        os.environ.update({k: env[k] for k in ("AIRFLOW_HOME", "AIRFLOW_CONN_MODELARTS_DEFAULT")})
+        if args.tls:
+            env["AWS_CA_BUNDLE"] = os.path.join(home, "moto.crt")
+        names = ("AIRFLOW_HOME", "AIRFLOW_CONN_MODELARTS_DEFAULT", "AWS_CA_BUNDLE")
+        os.environ.update({k: env[k] for k in names if k in env})
         rows, small, loads = _measure(args, env, endpoint, expected)
     finally:
         for proc in (emu, moto):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ RECORD_VERSION = 1
 # Rebuild-write-recheck rounds before the manifest is reported as unsettled (concurrent runs that keep
 # adding records; each of them rebuilds it after its own writes).
 MANIFEST_ROUNDS = 5
+# Threads reading the records when a manifest is rebuilt.
+COLLECT_WORKERS = 16
 _RECORD_LIMIT = 64 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -177,20 +180,30 @@ class ManifestWriter:
     layout: dict[str, Any]
 
     def collect(self) -> dict[str, dict[str, Any]]:
-        """The entry of every task that has a trusted record (complete or failed)."""
-        entries: dict[str, dict[str, Any]] = {}
-        for task_id, target in self.targets.items():
-            record = read_record(target)
-            entry = trusted_entry(
-                record,
-                training_job_id=self.training_job_id,
-                task_id=task_id,
-                target=target,
-                compression=self.compression,
-            ) or failure_entry(record, training_job_id=self.training_job_id, task_id=task_id)
-            if entry is not None:
-                entries[task_id] = entry
-        return entries
+        """The entry of every task that has a trusted record (complete or failed).
+
+        The records are read by up to :data:`COLLECT_WORKERS` threads: on an object store each task
+        costs a request or two, and a job can have hundreds of tasks.
+        """
+        tasks = list(self.targets)
+        if len(tasks) < 2:
+            found = [self._entry(t) for t in tasks]
+        else:
+            workers = min(COLLECT_WORKERS, len(tasks))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelarts-manifest") as pool:
+                found = list(pool.map(self._entry, tasks))
+        return {task_id: entry for task_id, entry in zip(tasks, found, strict=True) if entry is not None}
+
+    def _entry(self, task_id: str) -> dict[str, Any] | None:
+        target = self.targets[task_id]
+        record = read_record(target)
+        return trusted_entry(
+            record,
+            training_job_id=self.training_job_id,
+            task_id=task_id,
+            target=target,
+            compression=self.compression,
+        ) or failure_entry(record, training_job_id=self.training_job_id, task_id=task_id)
 
     def document(self, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The manifest for ``entries``: complete only when every task of the job is archived."""

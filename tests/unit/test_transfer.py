@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 
 import pytest
 from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -291,6 +293,60 @@ def test_subset_of_tasks_keeps_other_manifest_entries(dest, tmp_path):
         TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs), task_ids=["worker-1"])
     manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
     assert [e["task_id"] for e in manifest["tasks"]] == ["worker-0", "worker-1"]
+
+
+def test_a_failed_overwrite_keeps_the_good_archive_and_its_record(dest, tmp_path):
+    logs = {"worker-0": make_log(10_000)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs))
+    record = (tmp_path / "archive/job-1/worker-0.log.record.json").read_text()
+    with FakeObs(logs, script=["expired"] * 10) as obs:
+        archiver = TrainingJobLogArchiver(obs.source, dest, overwrite=True, max_attempts=2)
+        with pytest.raises(ModelArtsLogTransferError, match="worker-0"):
+            archiver.archive(job_body(tasks=logs))
+    # The record is read after the failure (not before the copy) and a good one is not replaced.
+    assert (tmp_path / "archive/job-1/worker-0.log.record.json").read_text() == record
+    assert (tmp_path / "archive/job-1/worker-0.log").read_bytes() == logs["worker-0"]
+    manifest = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["tasks"][0]["complete"] is True
+
+
+def test_manifest_records_are_read_in_parallel(dest, tmp_path, monkeypatch):
+    from airflow_provider_modelarts.archiving import records
+
+    logs = {f"worker-{i}": make_log(100, seed=i) for i in range(24)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest, max_workers=4).archive(job_body(tasks=logs))
+    expected = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())["tasks"]
+    active, most, lock = [0], [0], threading.Lock()
+    read_record = records.read_record
+
+    def slow_read(target):  # an object store's round trip
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.05)
+        try:
+            return read_record(target)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(records, "read_record", slow_read)
+    targets = {t: dest / "job-1" / f"{t}.log" for t in logs}
+    writer = records.ManifestWriter(
+        manifest_path=dest / "job-1" / "manifest.json",
+        training_job_id="job-1",
+        job_name="job-1",
+        phase="Completed",
+        terminal=True,
+        targets=targets,
+        compression=None,
+        layout={},
+    )
+    entries = writer.collect()
+    assert [entries[t] for t in sorted(entries)] == expected
+    assert most[0] == records.COLLECT_WORKERS
 
 
 def test_one_failed_task_fails_the_job_but_keeps_the_rest(dest, tmp_path):

@@ -192,13 +192,6 @@ class MultipartWriter:
             self.check_stop()
         wait(futures, timeout=_POLL, return_when=FIRST_COMPLETED)
 
-    def _created(self) -> _Upload | None:
-        """The upload once its creation has finished, or ``None`` if it was never started.
-
-        :raises: the creation's error.
-        """
-        return None if self._upload is None else self._upload.result()
-
     def seal(self) -> None:
         """Send what is left and wait for every part; check that the parts hold every byte written."""
         if self._upload is None or not self.written:
@@ -219,7 +212,7 @@ class MultipartWriter:
 
         An upload started for bytes that never came (an empty object) is aborted and the object put.
         """
-        upload = self._created()
+        upload = None if self._upload is None else self._upload.result()  # raises the creation's error
         if upload is not None and self.written:
             parts = sorted((p for p, _ in self._done), key=lambda p: p["PartNumber"])
             self._call(

@@ -219,7 +219,6 @@ class StagedObject:
     ) -> None:
         self.target = target
         self._check_stop = check_stop
-        self._expected_size = expected_size
         self._mpu: MultipartWriter | None = None
         self._fs = target.fs
         self._final = target.path
@@ -229,15 +228,15 @@ class StagedObject:
         self._offset = 0
         self._done = False
         try:
-            self._open()
+            self._open(expected_size)
         except OSError as e:
             raise ModelArtsArchiveDestinationError.at(str(target), "could not start writing", e) from None
 
-    def _open(self) -> None:
+    def _open(self, expected_size: int | None) -> None:
         parent, name = posixpath.split(self._final)
         if _is_s3(self._fs):
             self._mpu = MultipartWriter(
-                self._fs, self._final, check_stop=self._check_stop, expected_size=self._expected_size
+                self._fs, self._final, check_stop=self._check_stop, expected_size=expected_size
             )
         elif _is_local(self._fs):
             self._local = True

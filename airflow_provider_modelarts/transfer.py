@@ -265,8 +265,10 @@ class TrainingJobLogArchiver:
         self, writer: ManifestWriter, results: dict[str, TaskArchive], failures: dict[str, Exception]
     ) -> None:
         failed: ModelArtsArchiveDestinationError | None = None
+        # The records this run wrote are taken as written; the others are read.
+        known = {t: r.manifest_entry() for t, r in results.items() if not r.skipped}
         try:
-            writer.write()
+            writer.write(known)
         except ModelArtsArchiveDestinationError as e:
             failed = e
         if failed is not None:

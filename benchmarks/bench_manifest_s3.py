@@ -1,10 +1,15 @@
-"""Benchmark: the manifest of a job with many tasks on ``s3://`` (moto), records read in parallel vs one by one.
+"""Benchmark: the manifest of a job with many tasks on ``s3://`` (moto): how its records are gathered.
 
 The emulator and a moto S3 server run in their own processes on 127.0.0.1. A job of ``--tasks`` 1 KiB
 logs is archived by ``ModelArtsArchiveTaskLogsOperator`` (``max_workers=4``, ``overwrite=True``) in a
-fresh process per run; the time spent rebuilding the manifest (reading every task's record and checking
-its log, twice: before and after writing it) is reported next to the whole run. The baseline is the same
-operator with the records read one by one (``COLLECT_WORKERS = 1``), alternating in the same run.
+fresh process per run; the time spent rebuilding the manifest (gathering every task's record, writing the
+manifest, reading every record again to check) is reported next to the whole run, for three variants
+alternating in the same run:
+
+* the baseline: every record read back (one by one) before the write and again after it;
+* every record read back in parallel (``COLLECT_WORKERS`` threads), before and after the write;
+* the default: the records this run just wrote taken as written, the check after the write in parallel.
+
 Prints a table; not a pass/fail test.
 
     .venv/bin/python benchmarks/bench_manifest_s3.py [--tasks 200] [--runs 2] [--tls]
@@ -24,21 +29,29 @@ from pathlib import Path
 from bench_archive_s3 import _child_env, _client, _NullTI, _start_moto
 from harness import run_json_child, start_emulator
 
+BASELINE = "one by one, all read back (baseline)"
+VARIANTS = {  # name: (COLLECT_WORKERS, the run's own records taken as written)
+    BASELINE: (1, False),
+    "in parallel, all read back": (0, False),
+    "in parallel, own records as written": (0, True),
+}
 
-def child(destination: str, workers: int) -> None:
+
+def child(destination: str, workers: int, own_as_written: bool) -> None:
     from airflow.sdk.io.fs import has_fs
 
     from airflow_provider_modelarts.archiving import records
     from airflow_provider_modelarts.operators.modelarts import ModelArtsArchiveTaskLogsOperator
 
-    records.COLLECT_WORKERS = workers
+    if workers:
+        records.COLLECT_WORKERS = workers
     write = records.ManifestWriter.write
     spent: list[float] = []
 
-    def timed(self: records.ManifestWriter) -> dict:
+    def timed(self: records.ManifestWriter, known: dict | None = None) -> dict:
         start = time.perf_counter()
         try:
-            return write(self)
+            return write(self, known if own_as_written else None)
         finally:
             spent.append(time.perf_counter() - start)
 
@@ -64,10 +77,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--tls", action="store_true", help="moto over HTTPS, as in bench_archive_s3.py")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], int(args.child[1]))
+        return child(args.child[0], int(args.child[1]), args.child[2] == "1")
     home = tempfile.mkdtemp(prefix="bench-manifest-s3-")
     scenario = Path(home) / "scenario.json"
     tasks = [
@@ -80,20 +93,16 @@ def main() -> None:
     )
     emu, conn_json = start_emulator(scenario)
     moto, endpoint = _start_moto(home if args.tls else None)
-    rows: dict[str, list[dict]] = {"records read one by one (baseline)": [], "records read in parallel": []}
+    rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     try:
         env = _child_env(home, conn_json, endpoint)
         if args.tls:
             env["AWS_CA_BUNDLE"] = os.environ["AWS_CA_BUNDLE"] = os.path.join(home, "moto.crt")
         _client(endpoint).create_bucket(Bucket="bench-manifest")
-        from airflow_provider_modelarts.archiving.records import COLLECT_WORKERS
-
         for i in range(args.runs):
-            for name, workers in (
-                ("records read one by one (baseline)", 1),
-                ("records read in parallel", COLLECT_WORKERS),
-            ):
-                res = run_json_child(__file__, ["--child", "s3://bench-manifest/many", str(workers)], env)
+            for name, (workers, own) in VARIANTS.items():
+                child_args = ["--child", "s3://bench-manifest/many", str(workers), "1" if own else "0"]
+                res = run_json_child(__file__, child_args, env)
                 rows[name].append(res)
                 print(
                     f"run {i + 1} {name}: {res['seconds']:.2f}s, manifest {res['manifest']:.2f}s", flush=True

@@ -3,7 +3,8 @@
 Next to each committed log lies a small record (``{log}.record.json``) holding that log's manifest entry;
 it is written after the log is committed, by the run that copied it. ``manifest.json`` is never edited in
 place: it is rebuilt from the records of every task of the job, written, and rebuilt again to check that no
-record appeared meanwhile (if one did, it is written again). So runs of the same job with any task subsets,
+record appeared meanwhile (if one did, it is written again). The first rebuild takes the records this run
+has just written as written (it reads only the others); the check after each write reads every record. So runs of the same job with any task subsets,
 at the same time, on any store with atomic object writes (local disk, S3, OBS), end with a manifest that
 lists every task any of them archived, without a lock server: the last run to write the manifest reads the
 records after its write, and every record was written before its own run's manifest write.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -179,20 +181,25 @@ class ManifestWriter:
     compression: str | None
     layout: dict[str, Any]
 
-    def collect(self) -> dict[str, dict[str, Any]]:
+    def collect(self, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
         """The entry of every task that has a trusted record (complete or failed).
 
-        The records are read by up to :data:`COLLECT_WORKERS` threads: on an object store each task
+        :param known: entries of records the caller has just written, taken as written (not read back).
+
+        The other records are read by up to :data:`COLLECT_WORKERS` threads: on an object store each task
         costs a request or two, and a job can have hundreds of tasks.
         """
-        tasks = list(self.targets)
+        known = known or {}
+        tasks = [t for t in self.targets if t not in known]
         if len(tasks) < 2:
             found = [self._entry(t) for t in tasks]
         else:
             workers = min(COLLECT_WORKERS, len(tasks))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelarts-manifest") as pool:
                 found = list(pool.map(self._entry, tasks))
-        return {task_id: entry for task_id, entry in zip(tasks, found, strict=True) if entry is not None}
+        entries = {task_id: entry for task_id, entry in zip(tasks, found, strict=True) if entry is not None}
+        entries.update((t, dict(e)) for t, e in known.items() if t in self.targets)
+        return {t: entries[t] for t in self.targets if t in entries}
 
     def _entry(self, task_id: str) -> dict[str, Any] | None:
         target = self.targets[task_id]
@@ -223,12 +230,15 @@ class ManifestWriter:
             "missing": missing,
         }
 
-    def write(self) -> dict[str, Any]:
+    def write(self, known: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """Rebuild, write and re-check the manifest; return what was written last.
 
+        :param known: entries of the records this run has just written; the first rebuild takes them as
+            written, the check after the write reads every record (so a record another run changed
+            meanwhile is caught and the manifest written again).
         :raises ModelArtsArchiveDestinationError: the destination refused the manifest.
         """
-        entries = self.collect()
+        entries = self.collect(known)
         for _ in range(MANIFEST_ROUNDS):
             document = self.document(entries)
             payload = json.dumps(document, indent=2, sort_keys=True).encode()

@@ -311,6 +311,22 @@ def test_a_failed_overwrite_keeps_the_good_archive_and_its_record(dest, tmp_path
     assert manifest["complete"] is True and manifest["tasks"][0]["complete"] is True
 
 
+def _job_1_writer(dest, targets):
+    """The manifest writer of the completed ``job-1`` with ``targets``."""
+    from airflow_provider_modelarts.archiving import records
+
+    return records.ManifestWriter(
+        manifest_path=dest / "job-1" / "manifest.json",
+        training_job_id="job-1",
+        job_name="job-1",
+        phase="Completed",
+        terminal=True,
+        targets=targets,
+        compression=None,
+        layout={},
+    )
+
+
 def test_manifest_records_are_read_in_parallel(dest, tmp_path, monkeypatch):
     from airflow_provider_modelarts.archiving import records
 
@@ -334,19 +350,66 @@ def test_manifest_records_are_read_in_parallel(dest, tmp_path, monkeypatch):
 
     monkeypatch.setattr(records, "read_record", slow_read)
     targets = {t: dest / "job-1" / f"{t}.log" for t in logs}
-    writer = records.ManifestWriter(
-        manifest_path=dest / "job-1" / "manifest.json",
-        training_job_id="job-1",
-        job_name="job-1",
-        phase="Completed",
-        terminal=True,
-        targets=targets,
-        compression=None,
-        layout={},
-    )
+    writer = _job_1_writer(dest, targets)
     entries = writer.collect()
     assert [entries[t] for t in sorted(entries)] == expected
     assert most[0] == records.COLLECT_WORKERS
+
+
+def _manifest_io(monkeypatch):
+    """Count the records read and the manifests written while a job is archived."""
+    from airflow_provider_modelarts.archiving import records
+
+    reads, manifests, lock = [], [], threading.Lock()
+    read_record, write_bytes = records.read_record, records.write_bytes_atomically
+
+    def counting_read(target):
+        with lock:
+            reads.append(target.name)
+        return read_record(target)
+
+    def counting_write(path, payload):
+        if path.name == "manifest.json":
+            manifests.append(json.loads(payload))
+        return write_bytes(path, payload)
+
+    monkeypatch.setattr(records, "read_record", counting_read)
+    monkeypatch.setattr(records, "write_bytes_atomically", counting_write)
+    return reads, manifests
+
+
+def test_the_manifest_reads_back_only_to_check_the_records_the_run_wrote(dest, tmp_path, monkeypatch):
+    logs = {f"worker-{i}": make_log(100, seed=i) for i in range(5)}
+    reads, manifests = _manifest_io(monkeypatch)
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest, overwrite=True).archive(job_body(tasks=logs))
+    # The first rebuild takes this run's records as written; the check after the write reads each once.
+    assert sorted(reads) == sorted(f"{t}.log" for t in logs)
+    assert len(manifests) == 1
+    on_disk = json.loads((tmp_path / "archive/job-1/manifest.json").read_text())
+    assert on_disk == manifests[0] and [e["task_id"] for e in on_disk["tasks"]] == sorted(logs)
+    for entry in on_disk["tasks"]:
+        record = json.loads((tmp_path / f"archive/job-1/{entry['task_id']}.log.record.json").read_text())
+        assert record["entry"] == entry
+
+
+def test_a_record_changed_after_this_run_wrote_it_is_caught_by_the_check(dest, tmp_path, monkeypatch):
+    from airflow_provider_modelarts.archiving import records
+
+    logs = {"worker-0": make_log(100), "worker-1": make_log(200, seed=1)}
+    with FakeObs(logs) as obs:
+        TrainingJobLogArchiver(obs.source, dest).archive(job_body(tasks=logs))
+    _, manifests = _manifest_io(monkeypatch)
+    targets = {t: dest / "job-1" / f"{t}.log" for t in logs}
+    on_disk = records.read_record(targets["worker-0"])["entry"]
+    # What this run believes it wrote, while another run has since replaced the record.
+    stale = {"worker-0": {**on_disk, "archived_at": "2000-01-01T00:00:00+00:00"}}
+    writer = _job_1_writer(dest, targets)
+    final = writer.write(stale)
+    assert len(manifests) == 2
+    assert manifests[0]["tasks"][0]["archived_at"] == "2000-01-01T00:00:00+00:00"
+    assert final["tasks"][0] == on_disk
+    assert json.loads((tmp_path / "archive/job-1/manifest.json").read_text()) == final
 
 
 def test_one_failed_task_fails_the_job_but_keeps_the_rest(dest, tmp_path):

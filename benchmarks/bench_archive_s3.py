@@ -200,7 +200,8 @@ def _scenario(jobs: tuple[tuple[str, int], ...]) -> dict:
     }
 
 
-def _child_env(home: str, conn_json: str, endpoint: str) -> dict[str, str]:
+def _child_env(home: str, conn_json: str, endpoint: str, *, tls: bool = False) -> dict[str, str]:
+    """The children's environment; with ``tls``, trusting moto's certificate (written in ``home``)."""
     aws_conn = {
         "conn_type": "aws",
         "login": AK,
@@ -216,6 +217,7 @@ def _child_env(home: str, conn_json: str, endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": SK,
         "AWS_DEFAULT_REGION": REGION,
         "PYTHONPATH": str(ROOT),
+        **({"AWS_CA_BUNDLE": os.path.join(home, "moto.crt")} if tls else {}),
     }
 
 
@@ -317,9 +319,7 @@ def main() -> None:
     emu, conn_json = start_emulator(scenario_file)
     moto, endpoint = _start_moto(home if args.tls else None)
     try:
-        env = _child_env(home, conn_json, endpoint)
-        if args.tls:
-            env["AWS_CA_BUNDLE"] = os.path.join(home, "moto.crt")
+        env = _child_env(home, conn_json, endpoint, tls=args.tls)
         names = ("AIRFLOW_HOME", "AIRFLOW_CONN_MODELARTS_DEFAULT", "AWS_CA_BUNDLE")
         os.environ.update({k: env[k] for k in names if k in env})
         rows, small, loads = _measure(args, env, endpoint, expected)

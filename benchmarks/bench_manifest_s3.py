@@ -95,9 +95,9 @@ def main() -> None:
     moto, endpoint = _start_moto(home if args.tls else None)
     rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     try:
-        env = _child_env(home, conn_json, endpoint)
+        env = _child_env(home, conn_json, endpoint, tls=args.tls)
         if args.tls:
-            env["AWS_CA_BUNDLE"] = os.environ["AWS_CA_BUNDLE"] = os.path.join(home, "moto.crt")
+            os.environ["AWS_CA_BUNDLE"] = env["AWS_CA_BUNDLE"]  # this process's own client too
         _client(endpoint).create_bucket(Bucket="bench-manifest")
         for i in range(args.runs):
             for name, (workers, own) in VARIANTS.items():

@@ -107,9 +107,9 @@ def main() -> None:
     moto, endpoint = _start_moto(home if args.tls else None)
     rows: dict[str, list[dict]] = {BASELINE: [], WRITER: []}
     try:
-        env = _child_env(home, "{}", endpoint)
+        env = _child_env(home, "{}", endpoint, tls=args.tls)
         if args.tls:
-            env["AWS_CA_BUNDLE"] = os.environ["AWS_CA_BUNDLE"] = os.path.join(home, "moto.crt")
+            os.environ["AWS_CA_BUNDLE"] = env["AWS_CA_BUNDLE"]  # this process's own client too
         _client(endpoint).create_bucket(Bucket=BUCKET)
         server = psutil.Process(moto.pid)
         for i in range(args.runs):

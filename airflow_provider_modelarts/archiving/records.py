@@ -4,10 +4,11 @@ Next to each committed log lies a small record (``{log}.record.json``) holding t
 it is written after the log is committed, by the run that copied it. ``manifest.json`` is never edited in
 place: it is rebuilt from the records of every task of the job, written, and rebuilt again to check that no
 record appeared meanwhile (if one did, it is written again). The first rebuild takes the records this run
-has just written as written (it reads only the others); the check after each write reads every record. So runs of the same job with any task subsets,
-at the same time, on any store with atomic object writes (local disk, S3, OBS), end with a manifest that
-lists every task any of them archived, without a lock server: the last run to write the manifest reads the
-records after its write, and every record was written before its own run's manifest write.
+has just written as written (it reads only the others); the check after each write reads every record.
+So runs of the same job with any task subsets, at the same time, on any store with atomic object writes
+(local disk, S3, OBS), end with a manifest that lists every task any of them archived, without a lock
+server: the last run to write the manifest reads the records after its write, and every record was
+written before its own run's manifest write.
 
 A record is trusted only when it is well formed, names this job, this task and this object, and the object
 still has the recorded size; anything else (an older manifest, another job's record under a shared
@@ -198,8 +199,8 @@ class ManifestWriter:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modelarts-manifest") as pool:
                 found = list(pool.map(self._entry, tasks))
         entries = {task_id: entry for task_id, entry in zip(tasks, found, strict=True) if entry is not None}
-        entries.update((t, dict(e)) for t, e in known.items() if t in self.targets)
-        return {t: entries[t] for t in self.targets if t in entries}
+        entries.update((t, e) for t, e in known.items() if t in self.targets)
+        return entries
 
     def _entry(self, task_id: str) -> dict[str, Any] | None:
         target = self.targets[task_id]
